@@ -1,0 +1,169 @@
+//! Turning the merged JSON tree into a typed [`Config`], reporting every problem at once.
+//!
+//! Serde stops at the first error of a struct, so each top-level key is decoded on its own,
+//! and unknown nested keys are collected by `serde_ignored` instead of failing the decode.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use serde_with::de::DeserializeAsWrap;
+
+use super::Problem;
+use super::lenient::Lenient;
+use super::model::Config;
+use super::source::kind_of;
+
+/// Decodes `tree` over the built-in defaults.
+pub fn decode(tree: Value) -> Result<Config, Vec<Problem>> {
+    let Value::Object(map) = tree else {
+        return Err(vec![Problem::new(
+            "",
+            format!(
+                "the top level must be a mapping of keys, found {}",
+                kind_of(&tree)
+            ),
+        )]);
+    };
+    let mut config = Config::default();
+    let mut problems = Vec::new();
+    for (key, value) in map {
+        let decoded = match key.as_str() {
+            "host" => decode_into(&key, value, &mut config.host),
+            "port" => decode_lenient_into(&key, value, &mut config.port),
+            "api_key" => decode_into(&key, value, &mut config.api_key),
+            "api_keys" => decode_into(&key, value, &mut config.api_keys),
+            "provider" => decode_into(&key, value, &mut config.provider),
+            "model" => decode_into(&key, value, &mut config.model),
+            "providers" => decode_into(&key, value, &mut config.providers),
+            "extensions_dir" => decode_into(&key, value, &mut config.extensions_dir),
+            "extensions" => decode_into(&key, value, &mut config.extensions),
+            "extensions_allow_api_changes" => {
+                decode_lenient_into(&key, value, &mut config.extensions_allow_api_changes)
+            }
+            "store" => decode_into(&key, value, &mut config.store),
+            "limits" => decode_into(&key, value, &mut config.limits),
+            "log" => decode_into(&key, value, &mut config.log),
+            "cors" => decode_into(&key, value, &mut config.cors),
+            "shutdown" => decode_into(&key, value, &mut config.shutdown),
+            _ => vec![Problem::new(
+                key.as_str(),
+                "unknown key; check its spelling",
+            )],
+        };
+        problems.extend(decoded);
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Decodes one top-level value into `slot`, which keeps its default on error.
+fn decode_into<T: DeserializeOwned>(key: &str, value: Value, slot: &mut T) -> Vec<Problem> {
+    let mut unknown = Vec::new();
+    let mut record_unknown = |path: serde_ignored::Path<'_>| {
+        unknown.push(join_path(key, &path.to_string()));
+    };
+    let tracked = serde_ignored::Deserializer::new(value, &mut record_unknown);
+    let mut problems = Vec::new();
+    match serde_path_to_error::deserialize::<_, T>(tracked) {
+        Ok(decoded) => *slot = decoded,
+        Err(error) => {
+            let path = join_path(key, &error.path().to_string());
+            problems.push(Problem::new(path, error.into_inner().to_string()));
+        }
+    }
+    for path in unknown {
+        problems.push(Problem::new(path, "unknown key; check its spelling"));
+    }
+    problems
+}
+
+/// Like [`decode_into`] for numbers and booleans that may arrive as strings.
+fn decode_lenient_into<T>(key: &str, value: Value, slot: &mut T) -> Vec<Problem>
+where
+    T: DeserializeOwned + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let mut decoded: Option<DeserializeAsWrap<T, Lenient>> = None;
+    let problems = decode_into(key, value, &mut decoded);
+    if let Some(wrapped) = decoded {
+        *slot = wrapped.into_inner();
+    }
+    problems
+}
+
+/// Joins a top-level key and a path below it; `.` and `?` mean "the value itself".
+fn join_path(key: &str, below: &str) -> String {
+    if below.is_empty() || below == "." || below == "?" {
+        key.to_owned()
+    } else if below.starts_with('[') {
+        format!("{key}{below}")
+    } else {
+        format!("{key}.{below}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problems_of(tree: Value) -> Vec<String> {
+        decode(tree)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|problem| problem.key)
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let keys = problems_of(json!({
+            "prot": 1,
+            "port": "eighty",
+            "limits": {"max_body_bytez": 5},
+            "providers": {"openai": {"base_ulr": "x"}},
+            "api_keys": [{"name": "a", "key": "k", "role": "root"}],
+        }));
+        assert!(keys.contains(&"prot".to_owned()), "{keys:?}");
+        assert!(keys.contains(&"port".to_owned()), "{keys:?}");
+        assert!(
+            keys.contains(&"limits.max_body_bytez".to_owned()),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"providers.openai.base_ulr".to_owned()),
+            "{keys:?}"
+        );
+        assert!(keys.contains(&"api_keys[0].role".to_owned()), "{keys:?}");
+        assert_eq!(keys.len(), 5, "{keys:?}");
+    }
+
+    #[test]
+    fn strings_decode_as_numbers_and_booleans() {
+        let config = decode(json!({
+            "port": "9000",
+            "limits": {"max_body_bytes": "1024"},
+            "extensions_allow_api_changes": "true",
+        }));
+        let config = config.ok().unwrap_or_default();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.limits.max_body_bytes, 1024);
+        assert!(config.extensions_allow_api_changes);
+    }
+
+    #[test]
+    fn nested_defaults_survive_partial_sections() {
+        let config = decode(json!({"limits": {"max_body_bytes": 10}}))
+            .ok()
+            .unwrap_or_default();
+        assert_eq!(config.limits.max_body_bytes, 10);
+        assert_eq!(
+            config.limits.request_timeout_secs,
+            Config::default().limits.request_timeout_secs
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! Checks across keys that types alone cannot express.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use axum::http::{HeaderName, HeaderValue};
+use tracing_subscriber::EnvFilter;
+
+use super::Problem;
+use super::model::{Config, ExtensionConfig, ExtensionKind, ProviderKind};
+use super::secret::Secret;
+
+/// Shortest key accepted, so a key cannot be guessed by brute force over HTTP.
+pub const MIN_KEY_LENGTH: usize = 16;
+
+/// Returns every semantic problem in `config`.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    validate_listener(config, &mut problems);
+    validate_keys(config, &mut problems);
+    validate_providers(config, &mut problems);
+    for (name, extension) in &config.extensions {
+        validate_extension(
+            &format!("extensions.{name}"),
+            name,
+            extension,
+            &mut problems,
+        );
+    }
+    validate_store(config, &mut problems);
+    validate_limits(config, &mut problems);
+    validate_log(config, &mut problems);
+    validate_cors(config, &mut problems);
+    problems
+}
+
+/// Returns whether `host` names a loopback address.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Returns whether any key is configured, by `api_key` or `api_keys`.
+pub fn has_keys(config: &Config) -> bool {
+    config.api_key.is_some() || !config.api_keys.is_empty()
+}
+
+fn validate_listener(config: &Config, problems: &mut Vec<Problem>) {
+    if config.host != "localhost" && config.host.parse::<IpAddr>().is_err() {
+        problems.push(Problem::new(
+            "host",
+            format!(
+                "invalid address {:?}; use an IP address such as 127.0.0.1 or 0.0.0.0",
+                config.host
+            ),
+        ));
+    } else if !is_loopback(&config.host) && !has_keys(config) {
+        problems.push(Problem::new(
+            "host",
+            format!(
+                "no API key is configured but host {} is not a loopback address; set api_key \
+                 or api_keys, or listen on 127.0.0.1",
+                config.host
+            ),
+        ));
+    }
+}
+
+fn validate_keys(config: &Config, problems: &mut Vec<Problem>) {
+    if let Some(key) = &config.api_key {
+        check_key_length("api_key", key.expose(), problems);
+    }
+    let mut names = BTreeSet::new();
+    if config.api_key.is_some() {
+        names.insert(super::keys::SINGLE_KEY_NAME.to_owned());
+    }
+    for (index, entry) in config.api_keys.iter().enumerate() {
+        let at = format!("api_keys[{index}]");
+        if entry.name.trim().is_empty() {
+            problems.push(Problem::new(format!("{at}.name"), "must not be empty"));
+        } else if !names.insert(entry.name.clone()) {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                format!(
+                    "duplicate key name {:?}; give each key its own name",
+                    entry.name
+                ),
+            ));
+        }
+        match (&entry.key, &entry.key_sha256) {
+            (Some(key), None) => check_key_length(&format!("{at}.key"), key.expose(), problems),
+            (None, Some(digest)) => {
+                let valid = digest.expose().len() == 64
+                    && digest.expose().chars().all(|c| c.is_ascii_hexdigit());
+                if !valid {
+                    problems.push(Problem::new(
+                        format!("{at}.key_sha256"),
+                        "must be 64 hex digits, as printed by `printf %s KEY | sha256sum`",
+                    ));
+                }
+            }
+            _ => problems.push(Problem::new(
+                at,
+                "set exactly one of `key` and `key_sha256`",
+            )),
+        }
+    }
+}
+
+fn check_key_length(at: &str, key: &str, problems: &mut Vec<Problem>) {
+    if key.chars().count() < MIN_KEY_LENGTH {
+        problems.push(Problem::new(
+            at,
+            format!(
+                "key is shorter than {MIN_KEY_LENGTH} characters; generate one with \
+                 `openssl rand -hex 32`"
+            ),
+        ));
+    }
+}
+
+fn validate_providers(config: &Config, problems: &mut Vec<Problem>) {
+    let provider_known = config.providers.contains_key(&config.provider)
+        || ProviderKind::from_name(&config.provider).is_some();
+    if !provider_known {
+        problems.push(Problem::new(
+            "provider",
+            format!(
+                "unknown provider {:?}; use openai, anthropic, ollama or google, or define \
+                 providers.{}",
+                config.provider, config.provider
+            ),
+        ));
+    }
+    if config.model.trim().is_empty() {
+        problems.push(Problem::new("model", "must not be empty"));
+    }
+    for (name, provider) in &config.providers {
+        let at = format!("providers.{name}");
+        if provider.kind.is_none() && ProviderKind::from_name(name).is_none() {
+            problems.push(Problem::new(
+                format!("{at}.kind"),
+                "missing; set kind to openai, anthropic, ollama or google",
+            ));
+        }
+        if let Some(base_url) = &provider.base_url {
+            check_http_url(&format!("{at}.base_url"), base_url, problems);
+        }
+        check_headers(&format!("{at}.headers"), &provider.headers, problems);
+        let timeouts = [
+            ("connect_timeout_secs", provider.connect_timeout_secs),
+            ("read_timeout_secs", provider.read_timeout_secs),
+        ];
+        for (key, value) in timeouts {
+            if value == Some(0) {
+                problems.push(Problem::new(format!("{at}.{key}"), "must be at least 1"));
+            }
+        }
+        if provider
+            .temperature
+            .is_some_and(|t| !(0.0..=2.0).contains(&t))
+        {
+            problems.push(Problem::new(
+                format!("{at}.temperature"),
+                "must be between 0 and 2",
+            ));
+        }
+    }
+}
+
+/// Checks one extension definition; `at` is the key path used in messages.
+pub fn validate_extension(
+    at: &str,
+    name: &str,
+    extension: &ExtensionConfig,
+    problems: &mut Vec<Problem>,
+) {
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        problems.push(Problem::new(
+            at,
+            format!("invalid extension name {name:?}; use letters, digits, `-` and `_`"),
+        ));
+    }
+    if extension.timeout == 0 {
+        problems.push(Problem::new(format!("{at}.timeout"), "must be at least 1"));
+    }
+    let kind = extension.kind;
+    let stdio = kind == ExtensionKind::Stdio;
+    let http = matches!(kind, ExtensionKind::StreamableHttp | ExtensionKind::Sse);
+    let present = [
+        ("cmd", extension.cmd.is_some(), stdio),
+        ("args", !extension.args.is_empty(), stdio),
+        ("envs", !extension.envs.is_empty(), stdio),
+        ("env_keys", !extension.env_keys.is_empty(), stdio),
+        ("cwd", extension.cwd.is_some(), stdio),
+        ("uri", extension.uri.is_some(), http),
+        ("headers", !extension.headers.is_empty(), http),
+        (
+            "name",
+            extension.name.is_some(),
+            kind == ExtensionKind::Builtin,
+        ),
+        (
+            "path",
+            extension.path.is_some(),
+            kind == ExtensionKind::Plugin,
+        ),
+    ];
+    let type_name = serde_json::to_value(kind)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    for (field, is_set, allowed) in present {
+        if is_set && !allowed {
+            problems.push(Problem::new(
+                format!("{at}.{field}"),
+                format!("not valid for type {type_name}; remove it or change `type`"),
+            ));
+        }
+    }
+    let required = match kind {
+        ExtensionKind::Stdio => Some(("cmd", extension.cmd.is_some())),
+        ExtensionKind::StreamableHttp | ExtensionKind::Sse => {
+            Some(("uri", extension.uri.is_some()))
+        }
+        ExtensionKind::Plugin => Some(("path", extension.path.is_some())),
+        ExtensionKind::Builtin => None,
+    };
+    if let Some((field, false)) = required {
+        problems.push(Problem::new(
+            format!("{at}.{field}"),
+            format!("missing; type {type_name} needs `{field}`"),
+        ));
+    }
+    if let Some(uri) = &extension.uri {
+        check_http_url(&format!("{at}.uri"), uri, problems);
+    }
+    check_headers(&format!("{at}.headers"), &extension.headers, problems);
+}
+
+fn validate_store(config: &Config, problems: &mut Vec<Problem>) {
+    let url = config.store.url.expose();
+    let supported = ["sqlite:", "postgres://", "postgresql://"];
+    if !supported.iter().any(|prefix| url.starts_with(prefix)) {
+        problems.push(Problem::new(
+            "store.url",
+            format!(
+                "unsupported store URL {}; use sqlite://PATH or postgres://HOST/DATABASE",
+                config.store.url
+            ),
+        ));
+    }
+}
+
+fn validate_limits(config: &Config, problems: &mut Vec<Problem>) {
+    if config.limits.max_body_bytes == 0 {
+        problems.push(Problem::new("limits.max_body_bytes", "must be at least 1"));
+    }
+    if config.limits.request_timeout_secs == 0 {
+        problems.push(Problem::new(
+            "limits.request_timeout_secs",
+            "must be at least 1",
+        ));
+    }
+}
+
+fn validate_log(config: &Config, problems: &mut Vec<Problem>) {
+    if let Err(error) = EnvFilter::try_new(&config.log.level) {
+        problems.push(Problem::new(
+            "log.level",
+            format!(
+                "invalid filter {:?} ({error}); use a level such as info or debug",
+                config.log.level
+            ),
+        ));
+    }
+}
+
+fn validate_cors(config: &Config, problems: &mut Vec<Problem>) {
+    for (index, origin) in config.cors.allowed_origins.iter().enumerate() {
+        let parsed = url::Url::parse(origin);
+        let valid = origin == "*"
+            || (parsed.is_ok_and(|url| matches!(url.scheme(), "http" | "https"))
+                && HeaderValue::from_str(origin).is_ok()
+                && !origin.ends_with('/'));
+        if !valid {
+            problems.push(Problem::new(
+                format!("cors.allowed_origins[{index}]"),
+                format!(
+                    "invalid origin {origin:?}; use scheme, host and optional port, such as \
+                     https://app.example.com"
+                ),
+            ));
+        }
+    }
+}
+
+fn check_http_url(at: &str, value: &str, problems: &mut Vec<Problem>) {
+    let valid = url::Url::parse(value).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
+    if !valid {
+        problems.push(Problem::new(
+            at,
+            format!("invalid URL {value:?}; use an http:// or https:// URL"),
+        ));
+    }
+}
+
+fn check_headers(at: &str, headers: &BTreeMap<String, Secret>, problems: &mut Vec<Problem>) {
+    for (name, value) in headers {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(Problem::new(at, format!("invalid header name {name:?}")));
+        } else if HeaderValue::from_str(value.expose()).is_err() {
+            // The value may be a credential, so the message names only the header.
+            problems.push(Problem::new(
+                format!("{at}.{name}"),
+                "invalid header value; remove control characters and line breaks",
+            ));
+        }
+    }
+}

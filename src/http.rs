@@ -1,0 +1,150 @@
+//! The HTTP edge: one router with its middleware, built from shared state.
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+mod openapi;
+mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use axum::{Router, extract::DefaultBodyLimit};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::ConfigHandle;
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+/// State shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The live configuration.
+    pub config: ConfigHandle,
+    /// Whether the daemon accepts work.
+    pub readiness: Readiness,
+}
+
+/// Start-up and shutdown phase, shown by `GET /ready`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicU8>);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Readiness {
+    /// Marks start-up as done.
+    pub fn set_ready(&self) {
+        self.0.store(READY, Ordering::SeqCst);
+    }
+
+    /// Marks the daemon as shutting down.
+    pub fn set_draining(&self) {
+        self.0.store(DRAINING, Ordering::SeqCst);
+    }
+
+    /// Returns `None` when ready, else the reason it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        match self.0.load(Ordering::SeqCst) {
+            READY => None,
+            STARTING => Some("goose-api is starting; retry shortly"),
+            _ => Some("goose-api is shutting down"),
+        }
+    }
+}
+
+/// Builds the router. CORS is fixed at start; everything else reads the current snapshot
+/// on each request.
+pub fn router(state: AppState) -> Router {
+    let public = Router::new()
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready));
+    let user = Router::new()
+        .route("/provider/config", get(routes::provider_config))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route_layer(from_fn(middleware::limit_body))
+        .route_layer(from_fn(middleware::authenticate));
+    let admin = Router::new()
+        .route("/config/status", get(routes::config_status))
+        .route("/config/reload", post(routes::config_reload))
+        .route_layer(from_fn(middleware::limit_body))
+        .route_layer(from_fn(middleware::require_admin))
+        .route_layer(from_fn(middleware::authenticate));
+
+    let origins = state.config.current().config.cors.allowed_origins.clone();
+    let edge = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::new(request_id_header()))
+        .layer(from_fn(middleware::log_errors))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(from_fn_with_state(
+            state.clone(),
+            middleware::attach_snapshot,
+        ))
+        .option_layer(cors_layer(&origins))
+        .layer(DefaultBodyLimit::disable())
+        .layer(from_fn(middleware::time_limit));
+
+    Router::new()
+        .merge(public)
+        .merge(user)
+        .merge(admin)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(edge)
+        .with_state(state)
+}
+
+fn request_id_header() -> HeaderName {
+    HeaderName::from_static(middleware::REQUEST_ID_HEADER)
+}
+
+/// One span per request, named by the matched route so that paths with ids group together.
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = req
+        .headers()
+        .get(middleware::REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-");
+    tracing::debug_span!("request", method = %req.method(), route, request_id)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        // Validation rejected origins that are not valid header values.
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            HeaderName::from_static(middleware::API_KEY_HEADER),
+        ])
+        .expose_headers([request_id_header()]);
+    Some(layer)
+}

@@ -1,0 +1,108 @@
+//! Extractors whose rejections render as [`ApiError`] instead of axum's plain-text bodies.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::config::{Caller, Snapshot};
+
+/// A JSON body. Accepts `application/json` with parameters such as `charset=utf-8`.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = body_limit(&req);
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection, limit)),
+        }
+    }
+}
+
+/// A JSON body that may be absent: no body and no `Content-Type` gives `None`.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers();
+        let declared_empty = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .is_none_or(|value| value.trim() == "0");
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        if declared_empty && !chunked && !headers.contains_key(header::CONTENT_TYPE) {
+            return Ok(Self(None));
+        }
+        let ApiJson(value) = ApiJson::from_request(req, state).await?;
+        Ok(Self(Some(value)))
+    }
+}
+
+fn body_limit(req: &Request) -> u64 {
+    req.extensions()
+        .get::<Arc<Snapshot>>()
+        .map(|snapshot| snapshot.config.limits.max_body_bytes)
+        .unwrap_or(crate::config::model::DEFAULT_MAX_BODY_BYTES)
+}
+
+fn json_rejection(rejection: JsonRejection, limit: u64) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+            "the body must be JSON; send the header Content-Type: application/json".to_owned(),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable {
+            message: format!("invalid request body: {}", rejection.body_text()),
+            code: "invalid_body",
+        },
+        _ => ApiError::BadRequest(format!("malformed request body: {}", rejection.body_text())),
+    }
+}
+
+/// The snapshot the request loaded when it started.
+#[derive(Debug, Clone)]
+pub struct CurrentConfig(pub Arc<Snapshot>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentConfig {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Arc<Snapshot>>()
+            .cloned()
+            .map(Self)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("config snapshot layer missing")))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}

@@ -1,0 +1,132 @@
+//! Request middleware: config snapshot, authentication, body limit, timeout, error logging.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::Limited;
+
+use super::AppState;
+use super::error::{ApiError, InternalCause};
+use crate::config::{Caller, Role, Snapshot};
+
+/// Header that carries the API key, as in the original goose-api.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// Header that carries the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Loads the current config snapshot once and attaches it to the request.
+pub async fn attach_snapshot(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut().insert(state.config.current());
+    next.run(req).await
+}
+
+/// Rejects requests without a valid key with 401 and attaches the [`Caller`].
+pub async fn authenticate(mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let snapshot = snapshot_of(&req)?;
+    let caller = presented_key(req.headers())
+        .and_then(|key| snapshot.keys.authenticate(key))
+        .ok_or(ApiError::Unauthorized)?;
+    tracing::debug!(key_name = %caller.name, "authenticated");
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Rejects callers whose key is not an admin key with 403. Runs after [`authenticate`].
+pub async fn require_admin(caller: Caller, req: Request, next: Next) -> Result<Response, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "this route needs an admin key, and key {:?} has the user role",
+            caller.name
+        )));
+    }
+    Ok(next.run(req).await)
+}
+
+/// Returns the key from `x-api-key`, else from `Authorization: Bearer`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(API_KEY_HEADER) {
+        return value.to_str().ok().map(str::trim);
+    }
+    let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Enforces `limits.max_body_bytes`: a declared length over it fails at once with 413, and
+/// the body is wrapped so that reading past the limit fails too.
+pub async fn limit_body(req: Request, next: Next) -> Result<Response, ApiError> {
+    let limit = snapshot_of(&req)?.config.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let capped = usize::try_from(limit).unwrap_or(usize::MAX);
+    let req = req.map(|body| Body::new(Limited::new(body, capped)));
+    Ok(next.run(req).await)
+}
+
+/// Fails a handler that has not produced a response within `limits.request_timeout_secs`.
+///
+/// Only the time to the response head counts, so a streaming body is not cut off.
+pub async fn time_limit(req: Request, next: Next) -> Result<Response, ApiError> {
+    let secs = snapshot_of(&req)?.config.limits.request_timeout_secs;
+    tokio::time::timeout(Duration::from_secs(secs), next.run(req))
+        .await
+        .map_err(|_| ApiError::Timeout { secs })
+}
+
+/// Logs the cause of every 5xx once, with the request id, and client errors at debug.
+pub async fn log_errors(req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let mut response = next.run(req).await;
+    let status = response.status();
+    let cause = response.extensions_mut().remove::<InternalCause>();
+    if status.is_server_error() {
+        let error = cause.map_or_else(|| status.to_string(), |cause| cause.0.to_string());
+        tracing::error!(
+            request_id,
+            status = status.as_u16(),
+            error,
+            "request failed"
+        );
+    } else if status.is_client_error() {
+        tracing::debug!(request_id, status = status.as_u16(), "request rejected");
+    }
+    response
+}
+
+/// Turns a panic in a handler into a 500 whose cause is logged by [`log_errors`].
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic payload".to_owned());
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
+}
+
+fn snapshot_of(req: &Request) -> Result<Arc<Snapshot>, ApiError> {
+    req.extensions()
+        .get::<Arc<Snapshot>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("config snapshot layer missing")))
+}

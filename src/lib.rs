@@ -1,0 +1,11 @@
+//! goose-api: an AI agent daemon behind an authenticated HTTP API.
+//!
+//! `main` parses the command line and calls [`cli::main`]; tests build a
+//! [`config::ConfigHandle`] and call [`server::run`] or [`http::router`] directly.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
