@@ -149,10 +149,8 @@ pub fn build(
     let origins = env::apply(&mut tree, env).map_err(|problems| LoadError {
         problems: with_origins(problems, &Default::default(), Some("environment")),
     })?;
-    let config = decode::decode(tree).map_err(|problems| LoadError {
-        problems: with_origins(problems, &origins, file_origin.as_deref()),
-    })?;
-    let problems = validate::validate(&config);
+    let (config, mut problems) = decode::decode(tree);
+    problems.extend(validate::validate_decoded(&config, &problems));
     if problems.is_empty() {
         Ok(config)
     } else {

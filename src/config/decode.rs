@@ -14,15 +14,19 @@ use super::model::Config;
 use super::source::kind_of;
 
 /// Decodes `tree` over the built-in defaults.
-pub fn decode(tree: Value) -> Result<Config, Vec<Problem>> {
+///
+/// Returns the config and the problems found. A key with a problem keeps its default, so
+/// the rest of the config can still be validated.
+pub fn decode(tree: Value) -> (Config, Vec<Problem>) {
     let Value::Object(map) = tree else {
-        return Err(vec![Problem::new(
+        let problems = vec![Problem::new(
             "",
             format!(
                 "the top level must be a mapping of keys, found {}",
                 kind_of(&tree)
             ),
-        )]);
+        )];
+        return (Config::default(), problems);
     };
     let mut config = Config::default();
     let mut problems = Vec::new();
@@ -52,11 +56,7 @@ pub fn decode(tree: Value) -> Result<Config, Vec<Problem>> {
         };
         problems.extend(decoded);
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
-    }
+    (config, problems)
 }
 
 /// Decodes one top-level value into `slot`, which keeps its default on error.
@@ -112,8 +112,7 @@ mod tests {
 
     fn problems_of(tree: Value) -> Vec<String> {
         decode(tree)
-            .err()
-            .unwrap_or_default()
+            .1
             .into_iter()
             .map(|problem| problem.key)
             .collect()
@@ -144,12 +143,12 @@ mod tests {
 
     #[test]
     fn strings_decode_as_numbers_and_booleans() {
-        let config = decode(json!({
+        let (config, problems) = decode(json!({
             "port": "9000",
             "limits": {"max_body_bytes": "1024"},
             "extensions_allow_api_changes": "true",
         }));
-        let config = config.ok().unwrap_or_default();
+        assert_eq!(problems, Vec::new());
         assert_eq!(config.port, 9000);
         assert_eq!(config.limits.max_body_bytes, 1024);
         assert!(config.extensions_allow_api_changes);
@@ -157,9 +156,8 @@ mod tests {
 
     #[test]
     fn nested_defaults_survive_partial_sections() {
-        let config = decode(json!({"limits": {"max_body_bytes": 10}}))
-            .ok()
-            .unwrap_or_default();
+        let (config, problems) = decode(json!({"limits": {"max_body_bytes": 10}}));
+        assert_eq!(problems, Vec::new());
         assert_eq!(config.limits.max_body_bytes, 10);
         assert_eq!(
             config.limits.request_timeout_secs,

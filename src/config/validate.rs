@@ -13,25 +13,37 @@ use super::secret::Secret;
 /// Shortest key accepted, so a key cannot be guessed by brute force over HTTP.
 pub const MIN_KEY_LENGTH: usize = 16;
 
-/// Returns every semantic problem in `config`.
-pub fn validate(config: &Config) -> Vec<Problem> {
+/// Returns the semantic problems of a config whose decoding found `decode_problems`.
+///
+/// Keys that failed to decode hold their defaults, so problems under them are left out, and
+/// the key requirement is not checked when a key setting failed to decode.
+pub fn validate_decoded(config: &Config, decode_problems: &[Problem]) -> Vec<Problem> {
+    let failed: BTreeSet<&str> = decode_problems
+        .iter()
+        .map(|problem| top_level_key(&problem.key))
+        .collect();
+    let keys_failed = failed.contains("api_key") || failed.contains("api_keys");
     let mut problems = Vec::new();
-    validate_listener(config, &mut problems);
-    validate_keys(config, &mut problems);
-    validate_providers(config, &mut problems);
-    for (name, extension) in &config.extensions {
-        validate_extension(
-            &format!("extensions.{name}"),
-            name,
-            extension,
-            &mut problems,
-        );
-    }
-    validate_store(config, &mut problems);
-    validate_limits(config, &mut problems);
-    validate_log(config, &mut problems);
-    validate_cors(config, &mut problems);
+    validate_all(config, !keys_failed, &mut problems);
+    problems.retain(|problem| !failed.contains(top_level_key(&problem.key)));
     problems
+}
+
+fn top_level_key(key: &str) -> &str {
+    key.split(['.', '[']).next().unwrap_or(key)
+}
+
+fn validate_all(config: &Config, check_key_requirement: bool, problems: &mut Vec<Problem>) {
+    validate_listener(config, check_key_requirement, problems);
+    validate_keys(config, problems);
+    validate_providers(config, problems);
+    for (name, extension) in &config.extensions {
+        validate_extension(&format!("extensions.{name}"), name, extension, problems);
+    }
+    validate_store(config, problems);
+    validate_limits(config, problems);
+    validate_log(config, problems);
+    validate_cors(config, problems);
 }
 
 /// Returns whether `host` names a loopback address.
@@ -44,7 +56,7 @@ pub fn has_keys(config: &Config) -> bool {
     config.api_key.is_some() || !config.api_keys.is_empty()
 }
 
-fn validate_listener(config: &Config, problems: &mut Vec<Problem>) {
+fn validate_listener(config: &Config, check_key_requirement: bool, problems: &mut Vec<Problem>) {
     if config.host != "localhost" && config.host.parse::<IpAddr>().is_err() {
         problems.push(Problem::new(
             "host",
@@ -53,7 +65,7 @@ fn validate_listener(config: &Config, problems: &mut Vec<Problem>) {
                 config.host
             ),
         ));
-    } else if !is_loopback(&config.host) && !has_keys(config) {
+    } else if check_key_requirement && !is_loopback(&config.host) && !has_keys(config) {
         problems.push(Problem::new(
             "host",
             format!(

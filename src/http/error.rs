@@ -178,3 +178,44 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn internal_error_hides_its_cause() {
+        let error = ApiError::Internal(anyhow::anyhow!("database password is hunter2"));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let cause = response.extensions().get::<InternalCause>().cloned();
+        assert!(cause.is_some_and(|cause| cause.0.contains("hunter2")));
+        let body = body_json(response).await;
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["code"], "internal");
+        assert!(!body.to_string().contains("hunter2"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_error_sets_retry_after() {
+        let error = ApiError::TooManyRequests {
+            message: "key alice is over 60 requests per minute".to_owned(),
+            retry_after_secs: Some(3),
+        };
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(body_json(response).await["code"], "rate_limited");
+    }
+}

@@ -1,0 +1,314 @@
+//! The HTTP edge: error envelopes, body limit, timeouts, request ids, public routes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{ADMIN_KEY, Daemon, config_with_key};
+
+const USER_KEY: &str = "user-key-0123456789abcdef";
+
+/// Sends raw bytes and returns the whole response text, read until the server closes.
+fn raw_exchange(addr: SocketAddr, parts: &[&[u8]], pause: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set read timeout");
+    for part in parts {
+        stream.write_all(part).expect("write request part");
+        std::thread::sleep(pause);
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn body_of(response: &str) -> Value {
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// One request expected to fail, and the status and code it must get.
+struct Rejection {
+    method: Method,
+    path: &'static str,
+    key: Option<&'static str>,
+    content_type: Option<&'static str>,
+    body: String,
+    status: u16,
+    code: &'static str,
+}
+
+fn reload_with(
+    content_type: &'static str,
+    body: &str,
+    status: u16,
+    code: &'static str,
+) -> Rejection {
+    Rejection {
+        method: Method::POST,
+        path: "/config/reload",
+        key: Some(ADMIN_KEY),
+        content_type: Some(content_type),
+        body: body.to_owned(),
+        status,
+        code,
+    }
+}
+
+fn get_with(
+    path: &'static str,
+    key: Option<&'static str>,
+    status: u16,
+    code: &'static str,
+) -> Rejection {
+    Rejection {
+        method: Method::GET,
+        path,
+        key,
+        content_type: None,
+        body: String::new(),
+        status,
+        code,
+    }
+}
+
+#[tokio::test]
+async fn every_rejection_uses_json_envelope() {
+    let users = format!("api_keys:\n  - name: alice\n    key: {USER_KEY}\n");
+    let limits = "limits:\n  max_body_bytes: 1024\n";
+    let daemon = Daemon::start(&config_with_key(&format!("{limits}{users}"))).await;
+    let json = "application/json";
+    let big = format!("{{\"force\": false, \"pad\": \"{}\"}}", "x".repeat(4096));
+    let cases = [
+        reload_with(json, "{not json", 400, "bad_request"),
+        get_with("/provider/config", None, 401, "unauthorized"),
+        get_with("/config/status", Some(USER_KEY), 403, "forbidden"),
+        get_with("/no/such/route", Some(ADMIN_KEY), 404, "not_found"),
+        Rejection {
+            method: Method::DELETE,
+            ..get_with(
+                "/provider/config",
+                Some(ADMIN_KEY),
+                405,
+                "method_not_allowed",
+            )
+        },
+        reload_with(json, &big, 413, "payload_too_large"),
+        reload_with("text/plain", "{}", 415, "unsupported_media_type"),
+        reload_with(json, "{\"force\": \"yes\"}", 422, "invalid_body"),
+        reload_with(json, "{\"forse\": true}", 422, "invalid_body"),
+    ];
+    for case in cases {
+        let Rejection {
+            method,
+            path,
+            status,
+            code,
+            ..
+        } = &case;
+        let label = format!("{method} {path} expecting {status}");
+        let mut request = daemon
+            .http
+            .request(method.clone(), daemon.url(path))
+            .body(case.body.clone());
+        if let Some(key) = case.key {
+            request = request.header("x-api-key", key);
+        }
+        if let Some(content_type) = case.content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status().as_u16(), *status, "{label}");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{label}: no request id"
+        );
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{label}: {content_type}"
+        );
+        let body: Value = response.json().await.expect("JSON error body");
+        assert_eq!(body["status"], "error", "{label}");
+        assert_eq!(body["code"], *code, "{label}");
+        assert!(
+            !body["message"].as_str().unwrap_or_default().is_empty(),
+            "{label}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn chunked_body_over_limit_is_rejected() {
+    let daemon = Daemon::start(&config_with_key("limits:\n  max_body_bytes: 64\n")).await;
+    let head = format!(
+        "POST /config/reload HTTP/1.1\r\nhost: x\r\nx-api-key: {ADMIN_KEY}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    let chunk = format!(
+        "{:x}\r\n{}\r\n",
+        200,
+        "{\"force\":false}".to_owned() + &" ".repeat(185)
+    );
+    let response = raw_exchange(
+        daemon.addr,
+        &[head.as_bytes(), chunk.as_bytes(), b"0\r\n\r\n"],
+        Duration::from_millis(10),
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 413"),
+        "response was {response}"
+    );
+    assert_eq!(body_of(&response)["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn body_within_limit_and_charset_is_accepted() {
+    let daemon = Daemon::start(&config_with_key("")).await;
+    let response = daemon
+        .http
+        .post(daemon.url("/config/reload"))
+        .header("x-api-key", ADMIN_KEY)
+        .header("content-type", "application/json; charset=utf-8")
+        .body("{\"force\": false}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["outcome"], "unchanged");
+    assert_eq!(body["generation"], 1);
+}
+
+#[tokio::test]
+async fn slow_handler_times_out_with_503() {
+    let daemon = Daemon::start(&config_with_key("limits:\n  request_timeout_secs: 1\n")).await;
+    let head = format!(
+        "POST /config/reload HTTP/1.1\r\nhost: x\r\nx-api-key: {ADMIN_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 40\r\n\r\n{{\"force\""
+    );
+    let addr = daemon.addr;
+    // The body never completes, so only the timeout can end the request.
+    let response =
+        tokio::task::spawn_blocking(move || raw_exchange(addr, &[head.as_bytes()], Duration::ZERO))
+            .await
+            .expect("raw request thread");
+    assert!(
+        response.starts_with("HTTP/1.1 503"),
+        "response was {response}"
+    );
+    assert_eq!(body_of(&response)["code"], "timeout");
+}
+
+#[tokio::test]
+async fn request_id_is_generated_or_echoed() {
+    let daemon = Daemon::start(&config_with_key("")).await;
+    let generated = daemon.get("/provider/config", ADMIN_KEY).await;
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(id.len(), 36, "expected a UUID, got {id:?}");
+    let echoed = daemon
+        .http
+        .get(daemon.url("/health"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+}
+
+#[tokio::test]
+async fn health_and_ready_need_no_key() {
+    let daemon = Daemon::start(&config_with_key("")).await;
+    for path in ["/health", "/ready"] {
+        let response = daemon
+            .http
+            .get(daemon.url(path))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn provider_config_has_original_shape() {
+    let daemon = Daemon::start(&config_with_key(
+        "provider: anthropic\nmodel: claude-test\nproviders:\n  anthropic:\n    api_key: sk-ant-secret-value\n",
+    ))
+    .await;
+    let response = daemon.get("/provider/config", ADMIN_KEY).await;
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(
+        body,
+        serde_json::json!({"provider": "anthropic", "model": "claude-test"})
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_lists_routes() {
+    let daemon = Daemon::start(&config_with_key("")).await;
+    let document: Value = daemon
+        .get("/openapi.json", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"),
+        "{document}"
+    );
+    for path in [
+        "/provider/config",
+        "/health",
+        "/ready",
+        "/config/status",
+        "/config/reload",
+    ] {
+        assert!(document["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(document["components"]["securitySchemes"]["api_key"].is_object());
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_origins_are_configured() {
+    let origin = "https://app.example.com";
+    let closed = Daemon::start(&config_with_key("")).await;
+    let response = closed
+        .http
+        .get(closed.url("/health"))
+        .header("origin", origin)
+        .send()
+        .await
+        .expect("send");
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let open = Daemon::start(&config_with_key(&format!(
+        "cors:\n  allowed_origins: [\"{origin}\"]\n"
+    )))
+    .await;
+    let response = open
+        .http
+        .get(open.url("/health"))
+        .header("origin", origin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["access-control-allow-origin"], origin);
+}
