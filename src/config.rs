@@ -29,7 +29,7 @@ pub use watch::spawn_watcher;
 pub struct Problem {
     /// Dotted key path such as `providers.openai.base_url`; empty for the whole document.
     pub key: String,
-    /// What is wrong and how to fix it.
+    /// Description of the problem and of the fix.
     pub message: String,
     /// The file or environment variable that set the key, once known.
     pub origin: Option<String>,
@@ -83,8 +83,8 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Where configuration comes from: the command line, the process environment and the
-/// working directory. Tests build one directly instead of changing their own environment.
+/// Inputs of the configuration: the command line, the process environment and the working
+/// directory. Tests build one directly instead of changing their own environment.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     /// Path given by `--config`.

@@ -109,7 +109,7 @@ fn request_id_header() -> HeaderName {
     HeaderName::from_static(middleware::REQUEST_ID_HEADER)
 }
 
-/// One span per request, named by the matched route so that paths with ids group together.
+/// Creates one span per request, named by the matched route so that paths with ids group.
 fn request_span(req: &Request) -> tracing::Span {
     let route = req
         .extensions()

@@ -197,3 +197,34 @@ fn shipped_example_config_is_valid() {
         panic!("config.example.yaml is invalid: {error}");
     }
 }
+
+#[test]
+fn shipped_extension_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("extensions");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("read extensions directory") {
+        let path = entry.expect("directory entry").path();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let Some(name) = file_name.strip_suffix(".yaml.example") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).expect("read example");
+        let manifest = parse(&text, Format::Yaml).expect("example parses as YAML");
+        let tree = serde_json::json!({ "extensions": { name: manifest } });
+        let (config, mut problems) = decode::decode(tree);
+        problems.extend(validate::validate_decoded(&config, &problems));
+        assert_eq!(problems, Vec::new(), "{file_name}");
+        assert!(
+            !config.extensions[name].enabled,
+            "{file_name} must ship disabled"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "expected the shipped examples, found {checked}"
+    );
+}

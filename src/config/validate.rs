@@ -199,6 +199,15 @@ pub fn validate_extension(
     if extension.timeout == 0 {
         problems.push(Problem::new(format!("{at}.timeout"), "must be at least 1"));
     }
+    check_type_fields(at, extension, problems);
+    if let Some(uri) = &extension.uri {
+        check_http_url(&format!("{at}.uri"), uri, problems);
+    }
+    check_headers(&format!("{at}.headers"), &extension.headers, problems);
+}
+
+/// Rejects fields that do not belong to the extension's type and requires the ones it needs.
+fn check_type_fields(at: &str, extension: &ExtensionConfig, problems: &mut Vec<Problem>) {
     let kind = extension.kind;
     let stdio = kind == ExtensionKind::Stdio;
     let http = matches!(kind, ExtensionKind::StreamableHttp | ExtensionKind::Sse);
@@ -247,10 +256,6 @@ pub fn validate_extension(
             format!("missing; type {type_name} needs `{field}`"),
         ));
     }
-    if let Some(uri) = &extension.uri {
-        check_http_url(&format!("{at}.uri"), uri, problems);
-    }
-    check_headers(&format!("{at}.headers"), &extension.headers, problems);
 }
 
 fn validate_store(config: &Config, problems: &mut Vec<Problem>) {

@@ -14,7 +14,7 @@ pub struct ErrorBody {
     /// Always `"error"`.
     #[schema(example = "error")]
     pub status: &'static str,
-    /// What failed and how to fix it.
+    /// Description of the failure and of the fix.
     pub message: String,
     /// Stable machine-readable code, such as `unauthorized`.
     #[schema(example = "unauthorized")]
@@ -65,7 +65,7 @@ pub enum ApiError {
     /// 422: the body is JSON but not of the expected shape, or a value is invalid.
     #[error("{message}")]
     Unprocessable {
-        /// What is wrong with the body.
+        /// Description of the problem in the body.
         message: String,
         /// Code naming the kind of problem.
         code: &'static str,
@@ -73,7 +73,7 @@ pub enum ApiError {
     /// 429: a rate or concurrency limit was reached.
     #[error("{message}")]
     TooManyRequests {
-        /// Which limit and when to retry.
+        /// The limit reached and when to retry.
         message: String,
         /// Seconds until a retry can succeed.
         retry_after_secs: Option<u64>,

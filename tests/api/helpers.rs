@@ -17,7 +17,7 @@ pub const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
 /// Time allowed for start-up, a reload or an exit before a test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A minimal config with one admin key, JSON logs and a free port.
+/// Returns a minimal config with one admin key, JSON logs and a free port.
 pub fn config_with_key(extra: &str) -> String {
     format!("port: 0\napi_key: {ADMIN_KEY}\nlog:\n  format: json\n{extra}")
 }
@@ -36,7 +36,7 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// A launch with `config.yaml` holding `config`, passed by `--config`.
+    /// Creates a launch with `config.yaml` containing `config`, passed by `--config`.
     pub fn with_config(config: &str) -> Self {
         Self {
             files: vec![("config.yaml".to_owned(), config.to_owned())],
@@ -108,7 +108,7 @@ impl Daemon {
         Self::launch(Launch::with_config(config)).await
     }
 
-    /// Starts a daemon as `launch` says and waits until it listens.
+    /// Starts a daemon as `launch` describes and waits until it listens.
     pub async fn launch(launch: Launch) -> Self {
         match Self::try_launch(launch).await {
             Ok(daemon) => daemon,

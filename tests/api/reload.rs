@@ -58,7 +58,7 @@ async fn sed_in_place_reloads() {
 }
 
 #[tokio::test]
-async fn truncate_then_write_keeps_old_config_until_content_arrives() {
+async fn truncate_then_write_reloads() {
     use std::io::Write;
     let daemon = Daemon::start(&with_model("first")).await;
     let mut file = std::fs::OpenOptions::new()
