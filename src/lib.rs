@@ -9,3 +9,4 @@ pub mod http;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tools;

@@ -190,10 +190,13 @@ pub fn validate_extension(
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !valid_name {
+    if !valid_name || name.contains(crate::tools::NAMESPACE_SEPARATOR) {
         problems.push(Problem::new(
             at,
-            format!("invalid extension name {name:?}; use letters, digits, `-` and `_`"),
+            format!(
+                "invalid extension name {name:?}; use letters, digits, `-` and single `_`, \
+                 because `__` separates extension and tool names"
+            ),
         ));
     }
     if extension.timeout == 0 {

@@ -1,0 +1,165 @@
+//! The interface between the agent loop and whatever provides tools: MCP servers and
+//! native plugins behind the extension registry, or a test double in unit tests.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Separator between extension and tool in the names the model sees, as in `files__read`.
+/// Extension names may not contain it, so the first occurrence splits a name.
+pub const NAMESPACE_SEPARATOR: &str = "__";
+
+/// One tool offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    /// Extension that provides the tool.
+    pub extension: String,
+    /// Tool name within its extension.
+    pub tool: String,
+    /// Description shown to the model.
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub input_schema: serde_json::Value,
+}
+
+impl ToolDefinition {
+    /// Returns the name the model sees: `extension__tool`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}{NAMESPACE_SEPARATOR}{}", self.extension, self.tool)
+    }
+}
+
+/// Splits `extension__tool` into its extension and tool names.
+pub fn split_qualified_name(name: &str) -> Option<(&str, &str)> {
+    name.split_once(NAMESPACE_SEPARATOR)
+        .filter(|(extension, tool)| !extension.is_empty() && !tool.is_empty())
+}
+
+/// One part of a tool's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToolContent {
+    /// Plain text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image, base64 encoded.
+    Image {
+        /// Base64 image bytes.
+        data: String,
+        /// MIME type such as `image/png`.
+        mime_type: String,
+    },
+    /// A resource the tool refers to or embeds.
+    Resource {
+        /// Resource URI.
+        uri: String,
+        /// MIME type, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mime_type: Option<String>,
+        /// Embedded text, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
+}
+
+/// A tool's result. `is_error` marks a failure the tool itself reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolOutput {
+    /// Result parts, in order.
+    pub content: Vec<ToolContent>,
+    /// Whether the tool reported an error.
+    #[serde(default)]
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    /// Creates a successful result with one text part.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            content: vec![ToolContent::Text { text: text.into() }],
+            is_error: false,
+        }
+    }
+}
+
+/// Why a tool call produced no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// No running extension offers this tool.
+    #[error("tool {tool} of extension {extension} not found")]
+    NotFound {
+        /// Extension name.
+        extension: String,
+        /// Tool name.
+        tool: String,
+    },
+    /// The extension is not running, or stopped during the call.
+    #[error("extension {extension} is unavailable: {reason}")]
+    Unavailable {
+        /// Extension name.
+        extension: String,
+        /// What happened to it.
+        reason: String,
+    },
+    /// The call took longer than the extension's `timeout`.
+    #[error("tool call timed out after {secs} s")]
+    TimedOut {
+        /// The timeout in seconds.
+        secs: u64,
+    },
+    /// The caller cancelled the call.
+    #[error("tool call cancelled")]
+    Cancelled,
+    /// The arguments were rejected before the call.
+    #[error("invalid tool arguments: {0}")]
+    InvalidArguments(String),
+    /// The call failed in the transport or the server.
+    #[error("tool call failed: {0}")]
+    Failed(String),
+}
+
+/// Future returned by [`ToolSource::call`].
+pub type ToolCallFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ToolOutput, ToolError>> + Send + 'a>>;
+
+/// Something that lists and calls tools. The agent loop asks for the list before each
+/// provider call, so tools added or removed while a session runs apply to its next step.
+pub trait ToolSource: Send + Sync {
+    /// Returns the tools available now.
+    fn tools(&self) -> Vec<ToolDefinition>;
+
+    /// Calls `tool` of `extension` with a JSON object of arguments. Cancelling `cancel`
+    /// stops the call and returns [`ToolError::Cancelled`].
+    fn call<'a>(
+        &'a self,
+        extension: &'a str,
+        tool: &'a str,
+        arguments: serde_json::Value,
+        cancel: CancellationToken,
+    ) -> ToolCallFuture<'a>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualified_name_round_trips() {
+        let definition = ToolDefinition {
+            extension: "files".to_owned(),
+            tool: "read_file".to_owned(),
+            description: String::new(),
+            input_schema: serde_json::json!({"type": "object"}),
+        };
+        let name = definition.qualified_name();
+        assert_eq!(name, "files__read_file");
+        assert_eq!(split_qualified_name(&name), Some(("files", "read_file")));
+        assert_eq!(split_qualified_name("files__a__b"), Some(("files", "a__b")));
+        assert_eq!(split_qualified_name("nosplit"), None);
+        assert_eq!(split_qualified_name("__tool"), None);
+    }
+}
