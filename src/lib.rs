@@ -3,6 +3,7 @@
 //! `main` parses the command line and calls [`cli::main`]; tests build a
 //! [`config::ConfigHandle`] and call [`server::run`] or [`http::router`] directly.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -38,6 +38,7 @@ pub fn decode(tree: Value) -> (Config, Vec<Problem>) {
             "api_keys" => decode_into(&key, value, &mut config.api_keys),
             "provider" => decode_into(&key, value, &mut config.provider),
             "model" => decode_into(&key, value, &mut config.model),
+            "agent" => decode_into(&key, value, &mut config.agent),
             "providers" => decode_into(&key, value, &mut config.providers),
             "extensions_dir" => decode_into(&key, value, &mut config.extensions_dir),
             "extensions" => decode_into(&key, value, &mut config.extensions),

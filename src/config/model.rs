@@ -46,6 +46,8 @@ pub struct Config {
     pub provider: String,
     /// Model name sent to the provider.
     pub model: String,
+    /// Behaviour of the agent loop.
+    pub agent: AgentConfig,
     /// Per-provider connection settings.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Directory scanned for extension manifests and plugins.
@@ -76,6 +78,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             provider: DEFAULT_PROVIDER.to_owned(),
             model: DEFAULT_MODEL.to_owned(),
+            agent: AgentConfig::default(),
             providers: BTreeMap::new(),
             extensions_dir: PathBuf::from("extensions"),
             extensions: BTreeMap::new(),
@@ -174,6 +177,9 @@ pub struct ProviderConfig {
     /// Retries after a 429, a 5xx or a connection error.
     #[serde_as(as = "Option<Lenient>")]
     pub max_retries: Option<u32>,
+    /// Whether to stream responses; on by default.
+    #[serde_as(as = "Option<Lenient>")]
+    pub stream: Option<bool>,
 }
 
 /// Transport of an extension, tagged `type` as in the original `POST /extensions/add` body.
@@ -343,6 +349,48 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// A general-purpose assistant prompt; operators replace it for their team's work.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant. Use the tools you are \
+    given when they help, and answer concisely.";
+/// Enough steps for multi-tool tasks, few enough to stop a model that loops.
+pub const DEFAULT_MAX_STEPS: u32 = 25;
+/// About 25,000 tokens, so one tool result cannot fill a model's context window.
+pub const DEFAULT_MAX_TOOL_OUTPUT_CHARS: usize = 100_000;
+/// Summarize before the window is full, leaving room for the answer.
+pub const DEFAULT_SUMMARIZE_THRESHOLD: f64 = 0.8;
+
+/// Settings under `agent`.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// System prompt of every session; a session's `instructions` are appended.
+    pub system_prompt: String,
+    /// `auto`, `none`, `required`, or `{tool: extension__tool}` to force one tool.
+    pub tool_choice: crate::agent::ToolChoice,
+    /// Most provider calls in one turn.
+    #[serde_as(as = "Lenient")]
+    pub max_steps: u32,
+    /// Most characters of one tool result passed to the model.
+    #[serde_as(as = "Lenient")]
+    pub max_tool_output_chars: usize,
+    /// Fraction of the provider's `context_limit` at which older messages are summarized.
+    #[serde_as(as = "Lenient")]
+    pub summarize_threshold: f64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            system_prompt: DEFAULT_SYSTEM_PROMPT.to_owned(),
+            tool_choice: crate::agent::ToolChoice::Auto,
+            max_steps: DEFAULT_MAX_STEPS,
+            max_tool_output_chars: DEFAULT_MAX_TOOL_OUTPUT_CHARS,
+            summarize_threshold: DEFAULT_SUMMARIZE_THRESHOLD,
         }
     }
 }

@@ -41,6 +41,7 @@ fn validate_all(config: &Config, check_key_requirement: bool, problems: &mut Vec
         validate_extension(&format!("extensions.{name}"), name, extension, problems);
     }
     validate_store(config, problems);
+    validate_agent(config, problems);
     validate_limits(config, problems);
     validate_log(config, problems);
     validate_cors(config, problems);
@@ -271,6 +272,22 @@ fn validate_store(config: &Config, problems: &mut Vec<Problem>) {
                 "unsupported store URL {}; use sqlite://PATH or postgres://HOST/DATABASE",
                 config.store.url
             ),
+        ));
+    }
+}
+
+fn validate_agent(config: &Config, problems: &mut Vec<Problem>) {
+    let agent = &config.agent;
+    if agent.max_steps == 0 {
+        problems.push(Problem::new("agent.max_steps", "must be at least 1"));
+    }
+    if agent.max_tool_output_chars == 0 {
+        problems.push(Problem::new("agent.max_tool_output_chars", "must be at least 1"));
+    }
+    if !(agent.summarize_threshold > 0.0 && agent.summarize_threshold <= 1.0) {
+        problems.push(Problem::new(
+            "agent.summarize_threshold",
+            "must be a fraction above 0 and at most 1, such as 0.8",
         ));
     }
 }
