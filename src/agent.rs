@@ -44,13 +44,23 @@ impl ProviderPool {
 }
 
 /// Finds the kind and settings of provider `name`. Validation guarantees one exists.
-fn resolve(snapshot: &Snapshot, name: &str) -> Result<(ProviderKind, ProviderConfig), ProviderError> {
-    let config = snapshot.config.providers.get(name).cloned().unwrap_or_default();
+fn resolve(
+    snapshot: &Snapshot,
+    name: &str,
+) -> Result<(ProviderKind, ProviderConfig), ProviderError> {
+    let config = snapshot
+        .config
+        .providers
+        .get(name)
+        .cloned()
+        .unwrap_or_default();
     let kind = config
         .kind
         .or_else(|| ProviderKind::from_name(name))
         .ok_or_else(|| {
-            ProviderError::InvalidResponse(format!("provider {name} has no kind; set providers.{name}.kind"))
+            ProviderError::InvalidResponse(format!(
+                "provider {name} has no kind; set providers.{name}.kind"
+            ))
         })?;
     Ok((kind, config))
 }

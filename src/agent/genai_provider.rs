@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::{ContentPart, Message, Role, tool_content_text};
 use super::provider::{
-    Completion, CompletionFuture, CompletionRequest, Provider, ProviderError, StopReason,
-    TextSink, ToolChoice, Usage,
+    Completion, CompletionFuture, CompletionRequest, Provider, ProviderError, StopReason, TextSink,
+    ToolChoice, Usage,
 };
 use crate::config::ProviderKind;
 use crate::config::model::ProviderConfig;
@@ -52,8 +52,12 @@ impl std::fmt::Debug for GenaiProvider {
 impl GenaiProvider {
     /// Builds a provider of `kind` from its config. The config was validated at load time.
     pub fn new(kind: ProviderKind, config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let connect = config.connect_timeout_secs.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
-        let read = config.read_timeout_secs.unwrap_or(DEFAULT_READ_TIMEOUT_SECS);
+        let connect = config
+            .connect_timeout_secs
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
+        let read = config
+            .read_timeout_secs
+            .unwrap_or(DEFAULT_READ_TIMEOUT_SECS);
         let web = WebConfig::default().with_connect_timeout(Duration::from_secs(connect));
         let client = genai::Client::builder()
             .with_web_config(web)
@@ -120,7 +124,11 @@ impl GenaiProvider {
         let options = self.options_for(request);
         let response = self
             .client
-            .exec_chat_stream(self.target(&request.model), to_chat_request(request), Some(&options))
+            .exec_chat_stream(
+                self.target(&request.model),
+                to_chat_request(request),
+                Some(&options),
+            )
             .await
             .map_err(map_error)?;
         let mut stream = response.stream;
@@ -151,17 +159,29 @@ impl GenaiProvider {
         ))
     }
 
-    async fn complete_once(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
+    async fn complete_once(
+        &self,
+        request: &CompletionRequest,
+    ) -> Result<Completion, ProviderError> {
         let options = self.options_for(request);
         let response = self
             .client
-            .exec_chat(self.target(&request.model), to_chat_request(request), Some(&options))
+            .exec_chat(
+                self.target(&request.model),
+                to_chat_request(request),
+                Some(&options),
+            )
             .await
             .map_err(map_error)?;
         let text = response.texts().concat();
         let stop_reason = response.stop_reason.clone();
         let usage = response.usage.clone();
-        Ok(completion(text, response.into_tool_calls(), Some(usage), stop_reason))
+        Ok(completion(
+            text,
+            response.into_tool_calls(),
+            Some(usage),
+            stop_reason,
+        ))
     }
 }
 
@@ -230,7 +250,11 @@ fn auth_data(kind: ProviderKind, config: &ProviderConfig) -> AuthData {
 /// Converts our history to genai's request. Empty text parts are dropped, because the
 /// Anthropic API rejects empty text blocks.
 fn to_chat_request(request: &CompletionRequest) -> ChatRequest {
-    let messages = request.messages.iter().filter_map(to_chat_message).collect();
+    let messages = request
+        .messages
+        .iter()
+        .filter_map(to_chat_message)
+        .collect();
     let tools: Vec<Tool> = request
         .tools
         .iter()
@@ -289,7 +313,11 @@ fn to_chat_message(message: &Message) -> Option<ChatMessage> {
                         is_error,
                     } => {
                         let text = tool_content_text(content);
-                        let text = if *is_error { format!("Error: {text}") } else { text };
+                        let text = if *is_error {
+                            format!("Error: {text}")
+                        } else {
+                            text
+                        };
                         Some(ToolResponse::new(id.clone(), text))
                     }
                     _ => None,
@@ -337,7 +365,9 @@ fn completion(
 }
 
 fn token_count(count: Option<i32>) -> u64 {
-    count.and_then(|count| u64::try_from(count).ok()).unwrap_or(0)
+    count
+        .and_then(|count| u64::try_from(count).ok())
+        .unwrap_or(0)
 }
 
 /// An empty arguments string, sent for tools without parameters, means `{}`; a string that
@@ -354,23 +384,17 @@ fn normalize_arguments(arguments: serde_json::Value) -> serde_json::Value {
 }
 
 fn map_error(error: genai::Error) -> ProviderError {
-    if let Some(status) = error.status() {
-        let code = status.as_u16();
-        let retry_after = error.headers().and_then(retry_after);
-        let message = truncate(&error_body(&error));
-        return match code {
-            401 | 403 => ProviderError::Authentication { status: code },
-            429 => ProviderError::RateLimited { retry_after },
-            500..=599 => ProviderError::Server {
-                status: Some(code),
-                message,
-            },
-            _ if mentions_context_length(&message) => ProviderError::ContextTooLong(message),
-            _ => ProviderError::Rejected {
-                status: code,
-                message,
-            },
-        };
+    if let Some(mapped) = map_http_error(&error) {
+        return mapped;
+    }
+    // A failed status on a streaming call arrives wrapped in a stream error.
+    if let genai::Error::WebStream { error: inner, .. } = &error {
+        if let Some(mapped) = inner
+            .downcast_ref::<genai::Error>()
+            .and_then(map_http_error)
+        {
+            return mapped;
+        }
     }
     match error {
         genai::Error::ChatResponse { body, .. } => {
@@ -389,6 +413,27 @@ fn map_error(error: genai::Error) -> ProviderError {
         }
         other => ProviderError::Connection(truncate(&other.to_string())),
     }
+}
+
+/// Maps an error that carries an HTTP status; `None` for other errors.
+fn map_http_error(error: &genai::Error) -> Option<ProviderError> {
+    let code = error.status()?.as_u16();
+    let retry_after = error.headers().and_then(retry_after);
+    let message = truncate(&error_body(error));
+    let mapped = match code {
+        401 | 403 => ProviderError::Authentication { status: code },
+        429 => ProviderError::RateLimited { retry_after },
+        500..=599 => ProviderError::Server {
+            status: Some(code),
+            message,
+        },
+        _ if mentions_context_length(&message) => ProviderError::ContextTooLong(message),
+        _ => ProviderError::Rejected {
+            status: code,
+            message,
+        },
+    };
+    Some(mapped)
 }
 
 fn error_body(error: &genai::Error) -> String {

@@ -113,11 +113,7 @@ pub fn summary_split(history: &[Message], keep_tokens: u64) -> Option<usize> {
         .map(|(index, _)| index)
         .collect();
     let fits = |start: &&usize| estimate_history_tokens(&history[**start..]) <= keep_tokens;
-    starts
-        .iter()
-        .find(fits)
-        .or_else(|| starts.last())
-        .copied()
+    starts.iter().find(fits).or_else(|| starts.last()).copied()
 }
 
 /// Replaces `history[..split]` with `summary`, prepended to the first kept user message so
@@ -174,10 +170,12 @@ mod tests {
         assert_eq!(repair(&mut history), 2);
         assert_eq!(history.len(), 3);
         assert_eq!(history[2].tool_result_ids(), vec!["a", "b"]);
-        assert!(history[2].content.iter().all(|part| matches!(
-            part,
-            ContentPart::ToolResult { is_error: true, .. }
-        )));
+        assert!(
+            history[2]
+                .content
+                .iter()
+                .all(|part| matches!(part, ContentPart::ToolResult { is_error: true, .. }))
+        );
     }
 
     #[test]
@@ -222,7 +220,11 @@ mod tests {
         apply_summary(&mut history, 2, "they talked about x");
         assert_eq!(history.len(), 2);
         assert_eq!(history[0].role, Role::User);
-        assert!(history[0].text().starts_with("Summary of the earlier conversation:"));
+        assert!(
+            history[0]
+                .text()
+                .starts_with("Summary of the earlier conversation:")
+        );
         assert!(history[0].text().ends_with("recent question"));
     }
 

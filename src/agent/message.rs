@@ -192,6 +192,9 @@ mod tests {
         let value = serde_json::to_value(&part).unwrap();
         assert_eq!(value["type"], "tool_result");
         assert_eq!(value["is_error"], true);
-        assert_eq!(value["content"][0], json!({"type": "text", "text": "timed out"}));
+        assert_eq!(
+            value["content"][0],
+            json!({"type": "text", "text": "timed out"})
+        );
     }
 }

@@ -96,22 +96,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stops_after_max_retries_and_on_permanent_errors() {
         let calls = AtomicU32::new(0);
-        let result: Result<(), _> = with_retries(2, &CancellationToken::new(), |_, _, _| {}, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(ProviderError::Server {
-                status: Some(503),
-                message: "overloaded".to_owned(),
-            })
-        })
+        let result: Result<(), _> = with_retries(
+            2,
+            &CancellationToken::new(),
+            |_, _, _| {},
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(ProviderError::Server {
+                    status: Some(503),
+                    message: "overloaded".to_owned(),
+                })
+            },
+        )
         .await;
         assert!(matches!(result, Err(ProviderError::Server { .. })));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
 
         calls.store(0, Ordering::SeqCst);
-        let result: Result<(), _> = with_retries(5, &CancellationToken::new(), |_, _, _| {}, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(ProviderError::Authentication { status: 401 })
-        })
+        let result: Result<(), _> = with_retries(
+            5,
+            &CancellationToken::new(),
+            |_, _, _| {},
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(ProviderError::Authentication { status: 401 })
+            },
+        )
         .await;
         assert_eq!(result, Err(ProviderError::Authentication { status: 401 }));
         assert_eq!(calls.load(Ordering::SeqCst), 1);

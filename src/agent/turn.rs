@@ -114,7 +114,9 @@ pub struct Turn<'a> {
 
 impl std::fmt::Debug for Turn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Turn").field("settings", self.settings).finish_non_exhaustive()
+        f.debug_struct("Turn")
+            .field("settings", self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,7 +130,9 @@ impl Turn<'_> {
             self.summarize_if_large(history, &mut usage).await?;
             let completion = match self.call_provider(history).await {
                 Ok(completion) => completion,
-                Err(ProviderError::Cancelled) => return Ok(self.outcome(TurnEnd::Cancelled, history, usage)),
+                Err(ProviderError::Cancelled) => {
+                    return Ok(self.outcome(TurnEnd::Cancelled, history, usage));
+                }
                 Err(error) => return Err(error),
             };
             usage.add(completion.usage);
@@ -170,13 +174,17 @@ impl Turn<'_> {
     /// Calls the provider with retries. A context-length error summarizes older messages
     /// and retries once.
     async fn call_provider(&self, history: &mut Vec<Message>) -> Result<Completion, ProviderError> {
-        match self.call_with_retries(history, self.tool_definitions()).await {
+        match self
+            .call_with_retries(history, self.tool_definitions())
+            .await
+        {
             Err(ProviderError::ContextTooLong(reason)) => {
                 tracing::warn!(error = %reason, "context too long; summarizing and retrying");
                 if !self.summarize(history, &mut Usage::default()).await? {
                     return Err(ProviderError::ContextTooLong(reason));
                 }
-                self.call_with_retries(history, self.tool_definitions()).await
+                self.call_with_retries(history, self.tool_definitions())
+                    .await
             }
             other => other,
         }
@@ -254,20 +262,27 @@ impl Turn<'_> {
 
     async fn run_tool(&self, name: &str, arguments: &serde_json::Value) -> ToolOutput {
         let Some((extension, tool)) = split_qualified_name(name) else {
-            return error_output(format!("unknown tool {name:?}; use one of the listed tools"));
+            return error_output(format!(
+                "unknown tool {name:?}; use one of the listed tools"
+            ));
         };
         let allowed = self.settings.allowed_extensions.as_ref();
         if allowed.is_some_and(|names| !names.iter().any(|n| n == extension)) {
-            return error_output(format!("extension {extension} is not enabled for this session"));
+            return error_output(format!(
+                "extension {extension} is not enabled for this session"
+            ));
         }
         if !arguments.is_object() {
             return error_output(format!(
                 "invalid arguments for {name}: expected a JSON object, got {arguments}"
             ));
         }
-        let call = self
-            .tools
-            .call(extension, tool, arguments.clone(), self.cancel.child_token());
+        let call = self.tools.call(
+            extension,
+            tool,
+            arguments.clone(),
+            self.cancel.child_token(),
+        );
         match call.await {
             Ok(output) => cap_output(output, self.settings.max_tool_output_chars),
             Err(error) => {
@@ -288,7 +303,11 @@ impl Turn<'_> {
         let threshold = (limit as f64 * self.settings.summarize_threshold) as u64;
         let size = estimate_history_tokens(history) + estimate_tokens(&self.settings.system_prompt);
         if size > threshold {
-            tracing::info!(size, threshold, "conversation near the context limit; summarizing");
+            tracing::info!(
+                size,
+                threshold,
+                "conversation near the context limit; summarizing"
+            );
             self.summarize(history, usage).await?;
         }
         Ok(())
@@ -331,9 +350,12 @@ impl Turn<'_> {
             tool_choice: ToolChoice::Auto,
         };
         let ignore_text = |_: &str| {};
-        let completion = with_retries(self.settings.max_retries, self.cancel, |_, _, _| {}, || {
-            self.provider.complete(&request, &ignore_text, self.cancel)
-        })
+        let completion = with_retries(
+            self.settings.max_retries,
+            self.cancel,
+            |_, _, _| {},
+            || self.provider.complete(&request, &ignore_text, self.cancel),
+        )
         .await?;
         usage.add(completion.usage);
         Ok(completion.message.text())
@@ -371,7 +393,10 @@ pub fn cap_output(mut output: ToolOutput, max_chars: usize) -> ToolOutput {
             continue;
         }
         dropped += length - remaining;
-        let cut = text.char_indices().nth(remaining).map_or(text.len(), |(at, _)| at);
+        let cut = text
+            .char_indices()
+            .nth(remaining)
+            .map_or(text.len(), |(at, _)| at);
         if remaining > 0 {
             capped.push(ToolContent::Text {
                 text: text[..cut].to_owned(),
@@ -399,7 +424,9 @@ mod tests {
         assert_eq!(
             capped.content,
             vec![
-                ToolContent::Text { text: "ééé".to_owned() },
+                ToolContent::Text {
+                    text: "ééé".to_owned()
+                },
                 ToolContent::Text {
                     text: "\n[output truncated: 6 characters dropped]".to_owned()
                 },

@@ -282,7 +282,10 @@ fn validate_agent(config: &Config, problems: &mut Vec<Problem>) {
         problems.push(Problem::new("agent.max_steps", "must be at least 1"));
     }
     if agent.max_tool_output_chars == 0 {
-        problems.push(Problem::new("agent.max_tool_output_chars", "must be at least 1"));
+        problems.push(Problem::new(
+            "agent.max_tool_output_chars",
+            "must be at least 1",
+        ));
     }
     if !(agent.summarize_threshold > 0.0 && agent.summarize_threshold <= 1.0) {
         problems.push(Problem::new(
