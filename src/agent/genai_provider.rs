@@ -159,9 +159,12 @@ impl GenaiProvider {
         ))
     }
 
+    /// Runs a non-streaming call; the whole text is passed to `on_text` as one delta, so
+    /// observers see the same events as with streaming.
     async fn complete_once(
         &self,
         request: &CompletionRequest,
+        on_text: TextSink<'_>,
     ) -> Result<Completion, ProviderError> {
         let options = self.options_for(request);
         let response = self
@@ -174,6 +177,9 @@ impl GenaiProvider {
             .await
             .map_err(map_error)?;
         let text = response.texts().concat();
+        if !text.is_empty() {
+            on_text(&text);
+        }
         let stop_reason = response.stop_reason.clone();
         let usage = response.usage.clone();
         Ok(completion(
@@ -197,7 +203,7 @@ impl Provider for GenaiProvider {
                 if self.stream {
                     self.complete_streaming(request, on_text).await
                 } else {
-                    self.complete_once(request).await
+                    self.complete_once(request, on_text).await
                 }
             };
             // Dropping the call on cancel drops the HTTP response, which closes the stream.

@@ -1,5 +1,6 @@
 //! The agent loop against real HTTP servers that speak each provider's wire protocol.
 
+mod aimock;
 mod fake_provider;
 
 use std::sync::{Arc, Mutex};
@@ -747,4 +748,62 @@ async fn long_history_is_summarized_first() {
             .any(|e| matches!(e, TurnEvent::Summarized { .. }))
     );
     assert_eq!(history.len(), 2);
+}
+
+/// Two tool steps, then an answer: each fixture matches on the previous tool result.
+const TWO_STEP_FIXTURES: &str = r#"{"fixtures": [
+  {"match": {"toolResultContains": "456"}, "response": {"content": "The total is 456."}},
+  {"match": {"toolResultContains": "123"},
+   "response": {"toolCalls": [{"name": "calc__add", "arguments": {"a": 400, "b": 56}}]}},
+  {"match": {"userMessage": "two steps please"},
+   "response": {"toolCalls": [{"name": "calc__add", "arguments": {"a": 100, "b": 23}}]}}
+]}"#;
+
+#[tokio::test]
+async fn two_tool_steps_in_every_wire_format() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fixtures = dir.path().join("two-steps.json");
+    std::fs::write(&fixtures, TWO_STEP_FIXTURES).expect("write fixtures");
+    let server = aimock::Aimock::start(&fixtures);
+    let formats = [
+        (ProviderKind::Openai, format!("{}/v1", server.url)),
+        (ProviderKind::Anthropic, format!("{}/v1", server.url)),
+        (ProviderKind::Ollama, server.url.clone()),
+    ];
+    for (kind, base_url) in formats {
+        for stream in [true, false] {
+            let case = format!("{kind:?} stream={stream}");
+            let config = ProviderConfig {
+                base_url: Some(base_url.clone()),
+                api_key: Some(Secret::new("mock-key-0123456789")),
+                stream: Some(stream),
+                ..ProviderConfig::default()
+            };
+            let provider = GenaiProvider::new(kind, &config).expect("provider");
+            let tools = TestTools::default();
+            let mut history = vec![Message::user("two steps please")];
+            let (outcome, events) = run(
+                &provider,
+                &tools,
+                &settings(),
+                &mut history,
+                &CancellationToken::new(),
+            )
+            .await;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => panic!("{case}: {error}"),
+            };
+            assert_eq!(outcome.end, TurnEnd::Answered, "{case}");
+            assert_eq!(outcome.answer, "The total is 456.", "{case}");
+            let expected = vec![
+                ("calc__add".to_owned(), json!({"a": 100, "b": 23})),
+                ("calc__add".to_owned(), json!({"a": 400, "b": 56})),
+            ];
+            assert_eq!(tools.calls(), expected, "{case}");
+            assert_eq!(history.len(), 6, "{case}: {history:?}");
+            let streamed_text = events.iter().any(|e| matches!(e, TurnEvent::TextDelta(_)));
+            assert!(streamed_text, "{case}: no text delta event");
+        }
+    }
 }
