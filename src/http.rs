@@ -5,6 +5,7 @@ pub mod extract;
 pub mod middleware;
 mod openapi;
 mod routes;
+mod sessions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -31,6 +32,10 @@ pub struct AppState {
     pub config: ConfigHandle,
     /// Whether the daemon accepts work.
     pub readiness: Readiness,
+    /// Sessions and their turns.
+    pub sessions: std::sync::Arc<crate::sessions::SessionManager>,
+    /// Tools, with calls in flight counted per extension.
+    pub tools: std::sync::Arc<crate::tools::CountingTools>,
 }
 
 /// Start-up and shutdown phase, shown by `GET /ready`.
@@ -71,6 +76,18 @@ pub fn router(state: AppState) -> Router {
     let user = Router::new()
         .route("/provider/config", get(routes::provider_config))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(routes::metrics))
+        .route("/session/start", post(sessions::start))
+        .route("/session/reply", post(sessions::reply))
+        .route("/session/summarize", post(sessions::summarize))
+        .route("/session/end", post(sessions::end))
+        .route("/sessions", get(sessions::list))
+        .route(
+            "/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/sessions/{id}/reply", post(sessions::session_reply))
+        .route("/sessions/{id}/cancel", post(sessions::cancel))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::authenticate));
     let admin = Router::new()

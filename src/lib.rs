@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod tools;

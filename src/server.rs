@@ -6,8 +6,16 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::config::{self, ConfigHandle};
 use crate::http::{self, AppState, Readiness};
+use crate::sessions::SessionManager;
+use crate::store::Store;
+use crate::tools::{CountingTools, NoTools};
+
+/// How often idle sessions are looked for.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +34,26 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Stopped> {
     let readiness = Readiness::default();
+    let watcher = config::spawn_watcher(config.clone(), shutdown.child_token())?;
+    let working_dir = std::env::current_dir().context("while reading the working directory")?;
+    let store_url = config.current().config.store.url.clone();
+    let store = Store::open(store_url.expose(), &working_dir)
+        .await
+        .with_context(|| format!("cannot open the session store {store_url}"))?;
+    // TODO: replace NoTools with the extension registry once it is merged.
+    let tools = Arc::new(CountingTools::new(Arc::new(NoTools)));
+    let sessions = Arc::new(SessionManager::new(
+        store.clone(),
+        config.clone(),
+        tools.clone(),
+    ));
+    let sweeper = spawn_idle_sweeper(sessions.clone(), shutdown.child_token());
     let state = AppState {
         config: config.clone(),
         readiness: readiness.clone(),
+        sessions: sessions.clone(),
+        tools,
     };
-    let watcher = config::spawn_watcher(config.clone(), shutdown.child_token())?;
     let app = http::router(state);
     let stop_accepting = shutdown.clone();
     let mut server = tokio::spawn(async move {
@@ -71,8 +94,31 @@ pub async fn run(
             Stopped::DrainTimedOut
         }
     };
+    sessions.cancel_all();
     if let Err(error) = watcher.await {
         tracing::error!(%error, "config watcher task failed");
     }
+    let _ = sweeper.await;
+    store.close().await;
     Ok(stopped)
+}
+
+fn spawn_idle_sweeper(
+    sessions: Arc<SessionManager>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(IDLE_SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {
+                    let released = sessions.release_idle();
+                    if released > 0 {
+                        tracing::debug!(released, "released idle sessions");
+                    }
+                }
+            }
+        }
+    })
 }

@@ -143,6 +143,108 @@ pub trait ToolSource: Send + Sync {
     ) -> ToolCallFuture<'a>;
 }
 
+/// Wraps a tool source and counts the calls in flight per extension.
+pub struct CountingTools {
+    inner: std::sync::Arc<dyn ToolSource>,
+    pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for CountingTools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingTools").finish_non_exhaustive()
+    }
+}
+
+impl CountingTools {
+    /// Wraps `inner`.
+    pub fn new(inner: std::sync::Arc<dyn ToolSource>) -> Self {
+        Self {
+            inner,
+            pending: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Returns the number of calls in flight per extension.
+    pub fn pending(&self) -> std::collections::HashMap<String, u64> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    fn adjust(&self, extension: &str, up: bool) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let count = pending.entry(extension.to_owned()).or_default();
+        *count = if up {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+    }
+}
+
+/// Decrements the in-flight count when a call ends, also when it is dropped on cancel.
+struct PendingCall<'a> {
+    tools: &'a CountingTools,
+    extension: &'a str,
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        self.tools.adjust(self.extension, false);
+    }
+}
+
+impl ToolSource for CountingTools {
+    fn tools(&self) -> Vec<ToolDefinition> {
+        self.inner.tools()
+    }
+
+    fn call<'a>(
+        &'a self,
+        extension: &'a str,
+        tool: &'a str,
+        arguments: serde_json::Value,
+        cancel: CancellationToken,
+    ) -> ToolCallFuture<'a> {
+        Box::pin(async move {
+            self.adjust(extension, true);
+            let _pending = PendingCall {
+                tools: self,
+                extension,
+            };
+            self.inner.call(extension, tool, arguments, cancel).await
+        })
+    }
+}
+
+/// A tool source with no tools, for a daemon without extensions.
+#[derive(Debug, Default)]
+pub struct NoTools;
+
+impl ToolSource for NoTools {
+    fn tools(&self) -> Vec<ToolDefinition> {
+        Vec::new()
+    }
+
+    fn call<'a>(
+        &'a self,
+        extension: &'a str,
+        tool: &'a str,
+        _arguments: serde_json::Value,
+        _cancel: CancellationToken,
+    ) -> ToolCallFuture<'a> {
+        Box::pin(async move {
+            Err(ToolError::NotFound {
+                extension: extension.to_owned(),
+                tool: tool.to_owned(),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,23 +116,16 @@ pub fn summary_split(history: &[Message], keep_tokens: u64) -> Option<usize> {
     starts.iter().find(fits).or_else(|| starts.last()).copied()
 }
 
-/// Replaces `history[..split]` with `summary`, prepended to the first kept user message so
-/// that user and assistant messages still alternate.
+/// Returns the user message that stands in for summarized messages.
+pub fn summary_message(summary: &str) -> Message {
+    Message::user(format!("Summary of the earlier conversation:\n{summary}"))
+}
+
+/// Replaces `history[..split]` with one user message holding `summary`. The kept tail starts
+/// with a user message too; providers accept two user messages in a row, and Anthropic's API
+/// joins them into one turn.
 pub fn apply_summary(history: &mut Vec<Message>, split: usize, summary: &str) {
-    history.drain(..split);
-    let note = ContentPart::Text {
-        text: format!("Summary of the earlier conversation:\n{summary}\n\n"),
-    };
-    match history.first_mut() {
-        Some(first) if first.role == Role::User => first.content.insert(0, note),
-        _ => history.insert(
-            0,
-            Message {
-                role: Role::User,
-                content: vec![note],
-            },
-        ),
-    }
+    history.splice(..split, [summary_message(summary)]);
 }
 
 #[cfg(test)]
@@ -218,14 +211,15 @@ mod tests {
         let split = summary_split(&history, 100);
         assert_eq!(split, Some(2));
         apply_summary(&mut history, 2, "they talked about x");
-        assert_eq!(history.len(), 2);
+        assert_eq!(history.len(), 3);
         assert_eq!(history[0].role, Role::User);
+        let summary = history[0].text();
         assert!(
-            history[0]
-                .text()
-                .starts_with("Summary of the earlier conversation:")
+            summary.starts_with("Summary of the earlier conversation:"),
+            "{summary}"
         );
-        assert!(history[0].text().ends_with("recent question"));
+        assert!(summary.ends_with("they talked about x"), "{summary}");
+        assert_eq!(history[1], Message::user("recent question"));
     }
 
     #[test]

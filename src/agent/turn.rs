@@ -60,10 +60,13 @@ pub enum TurnEvent {
     },
     /// A message is complete and belongs in the history; the caller commits it.
     Message(Message),
-    /// Older messages were replaced by a summary; the caller replaces its copy.
+    /// The first `replaced` messages of the history were replaced by `summary`, a user
+    /// message; the caller stores it and replaces its copy.
     Summarized {
-        /// The history after summarizing.
-        history: Vec<Message>,
+        /// The message that now starts the history.
+        summary: Message,
+        /// How many leading messages it replaced.
+        replaced: usize,
     },
     /// A provider call failed and is retried.
     Retry {
@@ -328,7 +331,8 @@ impl Turn<'_> {
         let summary = self.summary_of(&history[..split], usage).await?;
         history::apply_summary(history, split, &summary);
         (self.on_event)(TurnEvent::Summarized {
-            history: history.clone(),
+            summary: history[0].clone(),
+            replaced: split,
         });
         Ok(true)
     }

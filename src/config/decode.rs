@@ -46,6 +46,7 @@ pub fn decode(tree: Value) -> (Config, Vec<Problem>) {
                 decode_lenient_into(&key, value, &mut config.extensions_allow_api_changes)
             }
             "store" => decode_into(&key, value, &mut config.store),
+            "sessions" => decode_into(&key, value, &mut config.sessions),
             "limits" => decode_into(&key, value, &mut config.limits),
             "log" => decode_into(&key, value, &mut config.log),
             "cors" => decode_into(&key, value, &mut config.cors),

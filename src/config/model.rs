@@ -59,6 +59,8 @@ pub struct Config {
     pub extensions_allow_api_changes: bool,
     /// Session store.
     pub store: StoreConfig,
+    /// Live sessions and streaming.
+    pub sessions: SessionsConfig,
     /// Request limits.
     pub limits: LimitsConfig,
     /// Logging.
@@ -84,6 +86,7 @@ impl Default for Config {
             extensions: BTreeMap::new(),
             extensions_allow_api_changes: false,
             store: StoreConfig::default(),
+            sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             cors: CorsConfig::default(),
@@ -391,6 +394,33 @@ impl Default for AgentConfig {
             max_steps: DEFAULT_MAX_STEPS,
             max_tool_output_chars: DEFAULT_MAX_TOOL_OUTPUT_CHARS,
             summarize_threshold: DEFAULT_SUMMARIZE_THRESHOLD,
+        }
+    }
+}
+
+/// Fifteen minutes: long enough for a person to read an answer and reply.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 900;
+/// Below the 30 to 60 s idle timeouts of common proxies and load balancers.
+pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
+
+/// Settings under `sessions`.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionsConfig {
+    /// Seconds after which an idle session's in-memory state is released.
+    #[serde_as(as = "Lenient")]
+    pub idle_timeout_secs: u64,
+    /// Seconds between comment lines on an idle event stream.
+    #[serde_as(as = "Lenient")]
+    pub sse_heartbeat_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            sse_heartbeat_secs: DEFAULT_SSE_HEARTBEAT_SECS,
         }
     }
 }

@@ -299,6 +299,18 @@ fn validate_limits(config: &Config, problems: &mut Vec<Problem>) {
     if config.limits.max_body_bytes == 0 {
         problems.push(Problem::new("limits.max_body_bytes", "must be at least 1"));
     }
+    if config.sessions.idle_timeout_secs == 0 {
+        problems.push(Problem::new(
+            "sessions.idle_timeout_secs",
+            "must be at least 1",
+        ));
+    }
+    if config.sessions.sse_heartbeat_secs == 0 {
+        problems.push(Problem::new(
+            "sessions.sse_heartbeat_secs",
+            "must be at least 1",
+        ));
+    }
     if config.limits.request_timeout_secs == 0 {
         problems.push(Problem::new(
             "limits.request_timeout_secs",

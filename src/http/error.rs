@@ -81,6 +81,9 @@ pub enum ApiError {
     /// 500: a bug or an unexpected failure. The cause is logged, never sent.
     #[error("internal error; give the operator the x-request-id of this response")]
     Internal(anyhow::Error),
+    /// 502: the LLM provider failed or rejected the request.
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: the daemon is starting or shutting down, or a dependency is down.
     #[error("{0}")]
     Unavailable(String),
@@ -115,6 +118,7 @@ impl ApiError {
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable(_) | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -133,6 +137,7 @@ impl ApiError {
             Self::Unprocessable { code, .. } => code,
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
+            Self::BadGateway(_) => "provider_error",
             Self::Unavailable(_) => "unavailable",
             Self::Timeout { .. } => "timeout",
         }

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
 use super::middleware::API_KEY_HEADER;
-use super::routes;
+use super::{routes, sessions};
 
 /// The API description served at `GET /openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -18,6 +18,16 @@ use super::routes;
         routes::provider_config,
         routes::config_status,
         routes::config_reload,
+        routes::metrics,
+        sessions::start,
+        sessions::reply,
+        sessions::summarize,
+        sessions::end,
+        sessions::list,
+        sessions::get,
+        sessions::delete,
+        sessions::session_reply,
+        sessions::cancel,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),

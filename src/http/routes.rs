@@ -200,3 +200,30 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         path: uri.path().to_owned(),
     }
 }
+
+/// Body of `GET /metrics`, in the original goose-api shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsResponse {
+    /// Stored message count of each live session the caller may see.
+    pub session_messages: std::collections::HashMap<String, i64>,
+    /// Sessions with live state.
+    pub active_sessions: usize,
+    /// Tool calls in flight, by extension.
+    pub pending_requests: std::collections::HashMap<String, u64>,
+}
+
+/// Live sessions and pending tool calls, in the original goose-api shape.
+#[utoipa::path(get, path = "/metrics", tag = "daemon",
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = MetricsResponse)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: crate::config::Caller,
+) -> Json<MetricsResponse> {
+    let (active_sessions, _) = state.sessions.live_counts();
+    Json(MetricsResponse {
+        session_messages: state.sessions.live_message_counts(&caller),
+        active_sessions,
+        pending_requests: state.tools.pending(),
+    })
+}

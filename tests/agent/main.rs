@@ -742,12 +742,11 @@ async fn long_history_is_summarized_first() {
         !sent.contains("zzzz"),
         "summarized messages were sent again"
     );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, TurnEvent::Summarized { .. }))
-    );
-    assert_eq!(history.len(), 2);
+    let summarized = events
+        .iter()
+        .any(|e| matches!(e, TurnEvent::Summarized { replaced: 2, .. }));
+    assert!(summarized, "{events:?}");
+    assert_eq!(history.len(), 3, "summary, kept question, answer");
 }
 
 /// Two tool steps, then an answer: each fixture matches on the previous tool result.

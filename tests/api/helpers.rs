@@ -158,6 +158,7 @@ impl Daemon {
             .timeout(WAIT)
             .build()
             .expect("build HTTP client");
+        wait_until_ready(&http, addr).await;
         Ok(Self {
             child,
             addr,
@@ -258,6 +259,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until `GET /ready` answers 200: the store is open and the config watcher runs.
+async fn wait_until_ready(http: &reqwest::Client, addr: SocketAddr) {
+    let started = Instant::now();
+    loop {
+        let ready = http.get(format!("http://{addr}/ready")).send().await;
+        if ready.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "daemon did not become ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1,0 +1,443 @@
+//! Session routes: the original `/session/*` shapes and the `/sessions` resources.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
+use crate::agent::{ProviderError, ToolChoice, TurnEnd};
+use crate::config::Caller;
+use crate::sessions::{SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
+use crate::store::{MessageRecord, SessionRecord};
+
+/// Default and maximum page sizes of the listing routes.
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+/// Body of `POST /session/start`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The first instruction.
+    pub prompt: String,
+    /// Added to the system prompt for this session.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// Model for this session instead of the configured one.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Extensions this session may use; all running ones when absent.
+    #[serde(default)]
+    pub extensions: Option<Vec<String>>,
+    /// Tool choice for this turn: `auto`, `none`, `required` or `{"tool": "ext__tool"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// Body of `POST /session/reply`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyRequest {
+    /// Session to continue; the caller's most recent session when absent.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The follow-up instruction.
+    pub prompt: String,
+    /// Tool choice for this turn.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// Body of `POST /sessions/{id}/reply`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionReplyRequest {
+    /// The follow-up instruction.
+    pub prompt: String,
+    /// Tool choice for this turn.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// Body naming a session, for summarize and end.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionIdRequest {
+    /// Session id; the caller's most recent session when absent.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Answer of a turn, in the original goose-api shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnResponse {
+    /// The agent's answer.
+    pub message: String,
+    /// `success`, or `cancelled` or `max_steps` when the turn stopped early.
+    pub status: &'static str,
+    /// The session the turn ran in.
+    pub session_id: String,
+}
+
+/// A message and a status, as the original summarize and end answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusResponse {
+    /// The summary, or what happened.
+    pub message: String,
+    /// `success`.
+    pub status: &'static str,
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::NotFound(_) | SessionError::NoSession => {
+                Self::NotFound(error.to_string())
+            }
+            SessionError::Busy(_) | SessionError::Ended(_) => Self::Conflict(error.to_string()),
+            SessionError::Invalid(message) => Self::unprocessable(message),
+            SessionError::Provider(ProviderError::Cancelled) => {
+                Self::Conflict("the turn was cancelled".to_owned())
+            }
+            SessionError::Provider(error) => Self::BadGateway(error.to_string()),
+            SessionError::Store(error) => Self::Internal(error.into()),
+        }
+    }
+}
+
+/// Starts a session with a prompt and returns the agent's answer.
+#[utoipa::path(post, path = "/session/start", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])), request_body = StartRequest,
+    responses((status = 200, body = TurnResponse), (status = 422, body = ErrorBody),
+              (status = 502, description = "The provider failed", body = ErrorBody)))]
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<StartRequest>,
+) -> Result<Json<TurnResponse>, ApiError> {
+    let options = TurnOptions {
+        instructions: request.instructions,
+        model: request.model,
+        extensions: request.extensions,
+        tool_choice: request.tool_choice,
+    };
+    let ticket = state
+        .sessions
+        .start(&caller, request.prompt, options)
+        .await?;
+    answer(ticket).await
+}
+
+/// Continues a session, by default the caller's most recent one.
+#[utoipa::path(post, path = "/session/reply", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])), request_body = ReplyRequest,
+    responses((status = 200, body = TurnResponse), (status = 404, body = ErrorBody),
+              (status = 409, description = "A turn is already running", body = ErrorBody)))]
+pub async fn reply(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<ReplyRequest>,
+) -> Result<Json<TurnResponse>, ApiError> {
+    let ticket = state
+        .sessions
+        .reply(
+            &caller,
+            request.session_id.as_deref(),
+            request.prompt,
+            request.tool_choice,
+        )
+        .await?;
+    answer(ticket).await
+}
+
+/// Replaces a session's history with a summary and returns it.
+#[utoipa::path(post, path = "/session/summarize", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])), request_body = SessionIdRequest,
+    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
+pub async fn summarize(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<SessionIdRequest>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let id = session_or_latest(&state, &caller, request.session_id).await?;
+    let summary = state.sessions.summarize(&caller, &id).await?;
+    Ok(Json(StatusResponse {
+        message: summary,
+        status: "success",
+    }))
+}
+
+/// Ends a session; its history stays readable until deleted.
+#[utoipa::path(post, path = "/session/end", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])), request_body = SessionIdRequest,
+    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
+pub async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<SessionIdRequest>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let id = session_or_latest(&state, &caller, request.session_id).await?;
+    state.sessions.end(&caller, &id).await?;
+    Ok(Json(StatusResponse {
+        message: format!("session {id} ended"),
+        status: "success",
+    }))
+}
+
+async fn session_or_latest(
+    state: &AppState,
+    caller: &Caller,
+    id: Option<String>,
+) -> Result<String, ApiError> {
+    match id {
+        Some(id) => Ok(id),
+        None => {
+            let latest = state.sessions.store().latest_session(&caller.name).await;
+            let latest = latest.map_err(|error| ApiError::Internal(error.into()))?;
+            Ok(latest.ok_or(SessionError::NoSession)?.id)
+        }
+    }
+}
+
+/// Waits for the turn and renders its answer. If the client disconnects first, this future
+/// is dropped and the guard cancels the turn.
+async fn answer(ticket: TurnTicket) -> Result<Json<TurnResponse>, ApiError> {
+    let guard = ticket.cancel.clone().drop_guard();
+    let result = ticket.result.await;
+    guard.disarm();
+    let report = result
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("the turn task stopped unexpectedly")))??;
+    Ok(Json(turn_response(report, ticket.session_id)))
+}
+
+fn turn_response(report: TurnReport, session_id: String) -> TurnResponse {
+    let status = match report.end {
+        TurnEnd::Answered => "success",
+        TurnEnd::StepLimit => "max_steps",
+        TurnEnd::Cancelled => "cancelled",
+    };
+    TurnResponse {
+        message: report.answer,
+        status,
+        session_id,
+    }
+}
+
+/// Query of `GET /sessions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, at most 500.
+    pub limit: Option<i64>,
+}
+
+/// Body of `GET /sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Sessions, newest first.
+    pub sessions: Vec<SessionRecord>,
+    /// Cursor of the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists the caller's sessions, newest first.
+#[utoipa::path(get, path = "/sessions", tag = "sessions", params(ListQuery),
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    let limit = page_size(query.limit)?;
+    let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
+    let sessions = state.sessions.list(&caller, cursor, limit).await?;
+    let next_cursor = (sessions.len() as i64 == limit)
+        .then(|| {
+            sessions
+                .last()
+                .map(|s| format!("{}_{}", s.created_at, s.id))
+        })
+        .flatten();
+    Ok(Json(SessionList {
+        sessions,
+        next_cursor,
+    }))
+}
+
+fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
+        Some(limit) => Err(ApiError::BadRequest(format!(
+            "invalid limit {limit}; use 1 to {MAX_PAGE}"
+        ))),
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    cursor
+        .split_once('_')
+        .and_then(|(time, id)| Some((time.parse().ok()?, id.to_owned())))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid cursor {cursor:?}; pass the next_cursor of the previous page"
+            ))
+        })
+}
+
+/// Query of `GET /sessions/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesQuery {
+    /// Return messages with a sequence number above this; 0 by default.
+    pub after: Option<i64>,
+    /// Page size, at most 500.
+    pub limit: Option<i64>,
+}
+
+/// Body of `GET /sessions/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionDetail {
+    /// Metadata.
+    pub session: SessionRecord,
+    /// Messages, in order.
+    pub messages: Vec<MessageRecord>,
+    /// `after` value of the next page; null on the last page.
+    pub next_after: Option<i64>,
+}
+
+/// Returns a session's metadata and a page of its messages.
+#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(MessagesQuery),
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = SessionDetail), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<MessagesQuery>,
+) -> Result<Json<SessionDetail>, ApiError> {
+    let limit = page_size(query.limit)?;
+    let (session, messages) = state
+        .sessions
+        .get(&caller, &id, query.after.unwrap_or(0), limit)
+        .await?;
+    let next_after = (messages.len() as i64 == limit)
+        .then(|| messages.last().map(|m| m.seq))
+        .flatten();
+    Ok(Json(SessionDetail {
+        session,
+        messages,
+        next_after,
+    }))
+}
+
+/// Deletes a session and its messages, cancelling a running turn.
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    state.sessions.delete(&caller, &id).await?;
+    Ok(Json(StatusResponse {
+        message: format!("session {id} deleted"),
+        status: "success",
+    }))
+}
+
+/// Cancels the running turn of a session.
+#[utoipa::path(post, path = "/sessions/{id}/cancel", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = StatusResponse),
+              (status = 409, description = "No turn is running", body = ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    if !state.sessions.cancel(&caller, &id).await? {
+        return Err(ApiError::Conflict(format!(
+            "session {id} is not running a turn"
+        )));
+    }
+    Ok(Json(StatusResponse {
+        message: format!("the turn of session {id} was cancelled"),
+        status: "success",
+    }))
+}
+
+/// Runs a turn. With `Accept: text/event-stream` the turn streams as server-sent events; a
+/// request with `Last-Event-ID` resumes the buffered turn instead of starting one.
+#[utoipa::path(post, path = "/sessions/{id}/reply", tag = "sessions",
+    security(("api_key" = []), ("bearer" = [])), request_body = SessionReplyRequest,
+    responses((status = 200, description = "JSON answer, or an event stream", body = TurnResponse),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn session_reply(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SessionReplyRequest>,
+) -> Result<Response, ApiError> {
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("text/event-stream"));
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let heartbeat = Duration::from_secs(state.config.current().config.sessions.sse_heartbeat_secs);
+    if let (true, Some(after)) = (streaming, last_event_id) {
+        if let Some(log) = state.sessions.resume(&caller, &id).await? {
+            return Ok(event_stream(log.follow(after), heartbeat));
+        }
+    }
+    let ticket = state
+        .sessions
+        .reply(&caller, Some(&id), request.prompt, request.tool_choice)
+        .await?;
+    if streaming {
+        let log = ticket.events.clone();
+        Ok(event_stream(log.follow(0), heartbeat))
+    } else {
+        Ok(answer(ticket).await?.into_response())
+    }
+}
+
+/// Renders events as SSE with a comment heartbeat. The turn keeps running if the client
+/// disconnects, so that the client can resume it.
+fn event_stream(
+    events: impl futures::Stream<Item = StreamEvent> + Send + 'static,
+    heartbeat: Duration,
+) -> Response {
+    let stream = events.map(|event| {
+        let rendered = Event::default()
+            .id(event.id.to_string())
+            .event(event.kind)
+            .json_data(&event.data)
+            .unwrap_or_else(|_| Event::default().id(event.id.to_string()).event(event.kind));
+        Ok::<_, Infallible>(rendered)
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+        .into_response()
+}

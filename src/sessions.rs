@@ -1,0 +1,450 @@
+//! Sessions: conversations that belong to a key, survive restarts and run one turn at a
+//! time, with live state kept in memory while they are in use.
+
+pub mod events;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Message, ProviderError, ProviderPool, ToolChoice, TurnEnd, Usage};
+use crate::config::{Caller, ConfigHandle, Role as KeyRole};
+use crate::store::{MessageRecord, NewSession, SessionRecord, Store, StoreError};
+use crate::tools::ToolSource;
+pub use events::{EventLog, StreamEvent};
+
+/// Longest session title, in characters, taken from the first prompt.
+const TITLE_CHARS: usize = 80;
+
+/// A session operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session, or it belongs to another key.
+    #[error("session {0} not found")]
+    NotFound(String),
+    /// The caller has no session to continue.
+    #[error("no session to continue; start one with POST /session/start or pass session_id")]
+    NoSession,
+    /// A turn is already running in the session.
+    #[error("session {0} is already running a turn; wait for it or cancel it")]
+    Busy(String),
+    /// The session has ended.
+    #[error("session {0} has ended; start a new session")]
+    Ended(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Options of a new session or turn beyond the prompt.
+#[derive(Debug, Clone, Default)]
+pub struct TurnOptions {
+    /// Added to the system prompt for this session.
+    pub instructions: Option<String>,
+    /// Model for this session.
+    pub model: Option<String>,
+    /// Extensions this session may use.
+    pub extensions: Option<Vec<String>>,
+    /// Tool choice for this turn.
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// The result of a finished turn.
+#[derive(Debug, Clone)]
+pub struct TurnReport {
+    /// The last assistant text.
+    pub answer: String,
+    /// How the turn ended.
+    pub end: TurnEnd,
+    /// Tokens used.
+    pub usage: Usage,
+}
+
+/// A running turn: its events and its result.
+#[derive(Debug)]
+pub struct TurnTicket {
+    /// Session id.
+    pub session_id: String,
+    /// Events as they happen.
+    pub events: Arc<EventLog>,
+    /// Cancels the turn.
+    pub cancel: CancellationToken,
+    /// The result, once the turn ends.
+    pub result: oneshot::Receiver<Result<TurnReport, SessionError>>,
+}
+
+/// The conversation of a live session, locked for the length of a turn.
+#[derive(Debug, Default)]
+struct Conversation {
+    history: Vec<Message>,
+    /// Store sequence number of each history message.
+    seqs: Vec<Option<i64>>,
+}
+
+/// In-memory state of a session in use.
+#[derive(Debug)]
+struct LiveSession {
+    record: Mutex<SessionRecord>,
+    conversation: Arc<tokio::sync::Mutex<Conversation>>,
+    running: Mutex<Option<(CancellationToken, Arc<EventLog>)>>,
+    last_used: Mutex<Instant>,
+}
+
+impl LiveSession {
+    fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    fn record(&self) -> SessionRecord {
+        lock(&self.record).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Owns every session: the store, the live state and the turns.
+pub struct SessionManager {
+    store: Store,
+    config: ConfigHandle,
+    providers: ProviderPool,
+    tools: Arc<dyn ToolSource>,
+    live: Mutex<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("live", &lock(&self.live).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionManager {
+    /// Creates the manager.
+    pub fn new(store: Store, config: ConfigHandle, tools: Arc<dyn ToolSource>) -> Self {
+        Self {
+            store,
+            config,
+            providers: ProviderPool::default(),
+            tools,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns the store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a session for `caller` and starts its first turn.
+    pub async fn start(
+        self: &Arc<Self>,
+        caller: &Caller,
+        prompt: String,
+        options: TurnOptions,
+    ) -> Result<TurnTicket, SessionError> {
+        validate_prompt(&prompt)?;
+        if let Some(names) = &options.extensions {
+            self.check_extensions(names)?;
+        }
+        let snapshot = self.config.current();
+        let record = self
+            .store
+            .create_session(NewSession {
+                owner: caller.name.clone(),
+                title: prompt.chars().take(TITLE_CHARS).collect(),
+                provider: snapshot.config.provider.clone(),
+                model: options
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| snapshot.config.model.clone()),
+                model_override: options.model.clone(),
+                instructions: options.instructions.clone().unwrap_or_default(),
+                extensions: options.extensions.clone(),
+            })
+            .await?;
+        tracing::info!(session_id = %record.id, owner = %caller.name, "session started");
+        let live = Arc::new(LiveSession {
+            record: Mutex::new(record.clone()),
+            conversation: Arc::default(),
+            running: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+        });
+        lock(&self.live).insert(record.id.clone(), live.clone());
+        self.begin_turn(live, prompt, options.tool_choice).await
+    }
+
+    /// Starts a turn in session `id`, or in the caller's latest session when `None`.
+    pub async fn reply(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: Option<&str>,
+        prompt: String,
+        tool_choice: Option<ToolChoice>,
+    ) -> Result<TurnTicket, SessionError> {
+        validate_prompt(&prompt)?;
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => {
+                let latest = self.store.latest_session(&caller.name).await?;
+                latest.ok_or(SessionError::NoSession)?.id
+            }
+        };
+        let live = self.live_session(caller, &id, false).await?;
+        self.begin_turn(live, prompt, tool_choice).await
+    }
+
+    /// Returns the events of the running or last turn of session `id`, for a client that
+    /// reconnects; `None` when the session has no buffered turn.
+    pub async fn resume(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Option<Arc<EventLog>>, SessionError> {
+        let live = self.live_session(caller, id, false).await?;
+        let running = lock(&live.running).as_ref().map(|(_, log)| log.clone());
+        Ok(running)
+    }
+
+    /// Cancels the running turn of session `id`. Returns whether one was running.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<bool, SessionError> {
+        let live = self.live_session(caller, id, false).await?;
+        let running = lock(&live.running).clone();
+        match running {
+            Some((cancel, log)) if !log.is_finished() => {
+                cancel.cancel();
+                tracing::info!(session_id = id, "turn cancelled by request");
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Replaces the session's history with a summary written by the provider and returns it.
+    pub async fn summarize(&self, caller: &Caller, id: &str) -> Result<String, SessionError> {
+        let live = self.live_session(caller, id, false).await?;
+        let mut conversation = live
+            .conversation
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| SessionError::Busy(id.to_owned()))?;
+        runner::summarize(self, &live.record(), &mut conversation).await
+    }
+
+    /// Ends session `id`: cancels any running turn and releases its live state. Its history
+    /// stays in the store.
+    pub async fn end(&self, caller: &Caller, id: &str) -> Result<(), SessionError> {
+        let live = self.live_session(caller, id, false).await?;
+        if let Some((cancel, _)) = lock(&live.running).as_ref() {
+            cancel.cancel();
+        }
+        self.store.set_state(id, "ended").await?;
+        lock(&self.live).remove(id);
+        tracing::info!(session_id = id, "session ended");
+        Ok(())
+    }
+
+    /// Deletes session `id` and its messages.
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), SessionError> {
+        let live = self.live_session(caller, id, false).await?;
+        if let Some((cancel, _)) = lock(&live.running).as_ref() {
+            cancel.cancel();
+        }
+        // Wait for a cancelled turn to stop writing before its rows are deleted.
+        let _conversation = live.conversation.lock().await;
+        lock(&self.live).remove(id);
+        self.store.delete_session(id).await?;
+        tracing::info!(session_id = id, "session deleted");
+        Ok(())
+    }
+
+    /// Returns session `id` and up to `limit` messages after `after`. Admin keys may read
+    /// every session.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<(SessionRecord, Vec<MessageRecord>), SessionError> {
+        let record = self.owned_record(caller, id, true).await?;
+        let messages = self.store.messages(id, after, limit).await?;
+        Ok((record, messages))
+    }
+
+    /// Lists the caller's sessions, newest first.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        cursor: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, SessionError> {
+        Ok(self
+            .store
+            .list_sessions(Some(&caller.name), cursor, limit)
+            .await?)
+    }
+
+    /// Returns the number of stored messages of each live session the caller may see.
+    pub fn live_message_counts(&self, caller: &Caller) -> HashMap<String, i64> {
+        lock(&self.live)
+            .iter()
+            .filter(|(_, live)| {
+                caller.role == KeyRole::Admin || lock(&live.record).owner == caller.name
+            })
+            .map(|(id, live)| (id.clone(), lock(&live.record).message_count))
+            .collect()
+    }
+
+    /// Returns how many sessions have live state, and how many are running a turn.
+    pub fn live_counts(&self) -> (usize, usize) {
+        let live = lock(&self.live);
+        let running = live
+            .values()
+            .filter(|session| {
+                lock(&session.running)
+                    .as_ref()
+                    .is_some_and(|(_, log)| !log.is_finished())
+            })
+            .count();
+        (live.len(), running)
+    }
+
+    /// Releases the live state of sessions idle longer than `sessions.idle_timeout_secs`.
+    /// Returns how many were released.
+    pub fn release_idle(&self) -> usize {
+        let idle = Duration::from_secs(self.config.current().config.sessions.idle_timeout_secs);
+        let mut live = lock(&self.live);
+        let before = live.len();
+        live.retain(|_, session| {
+            let busy = session.conversation.try_lock().is_err();
+            busy || lock(&session.last_used).elapsed() < idle
+        });
+        before - live.len()
+    }
+
+    /// Cancels every running turn, for shutdown after the drain deadline.
+    pub fn cancel_all(&self) {
+        for session in lock(&self.live).values() {
+            if let Some((cancel, _)) = lock(&session.running).as_ref() {
+                cancel.cancel();
+            }
+        }
+    }
+
+    fn check_extensions(&self, names: &[String]) -> Result<(), SessionError> {
+        let available: Vec<String> = self
+            .tools
+            .tools()
+            .into_iter()
+            .map(|tool| tool.extension)
+            .collect();
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|name| !available.contains(name))
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(SessionError::Invalid(format!(
+                "unknown or stopped extensions {unknown:?}; GET /extensions/list shows the running ones"
+            )))
+        }
+    }
+
+    /// Returns the session if the caller owns it, or may read it as an admin.
+    async fn owned_record(
+        &self,
+        caller: &Caller,
+        id: &str,
+        admin_may_read: bool,
+    ) -> Result<SessionRecord, SessionError> {
+        let record = self
+            .store
+            .session(id)
+            .await?
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        let allowed =
+            record.owner == caller.name || (admin_may_read && caller.role == KeyRole::Admin);
+        if allowed {
+            Ok(record)
+        } else {
+            Err(SessionError::NotFound(id.to_owned()))
+        }
+    }
+
+    /// Returns the live state of session `id`, loading it from the store if needed.
+    async fn live_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+        admin_may_read: bool,
+    ) -> Result<Arc<LiveSession>, SessionError> {
+        let existing = lock(&self.live).get(id).cloned();
+        if let Some(live) = existing {
+            let owner = lock(&live.record).owner.clone();
+            if owner != caller.name && !(admin_may_read && caller.role == KeyRole::Admin) {
+                return Err(SessionError::NotFound(id.to_owned()));
+            }
+            live.touch();
+            return Ok(live);
+        }
+        let record = self.owned_record(caller, id, admin_may_read).await?;
+        let stored = self.store.history(id).await?;
+        let conversation = Conversation {
+            seqs: stored.iter().map(|(seq, _)| Some(*seq)).collect(),
+            history: stored.into_iter().map(|(_, message)| message).collect(),
+        };
+        let live = Arc::new(LiveSession {
+            record: Mutex::new(record),
+            conversation: Arc::new(tokio::sync::Mutex::new(conversation)),
+            running: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+        });
+        // Another request may have loaded it meanwhile; keep the first copy.
+        let mut map = lock(&self.live);
+        let entry = map.entry(id.to_owned()).or_insert(live);
+        Ok(entry.clone())
+    }
+
+    async fn begin_turn(
+        self: &Arc<Self>,
+        live: Arc<LiveSession>,
+        prompt: String,
+        tool_choice: Option<ToolChoice>,
+    ) -> Result<TurnTicket, SessionError> {
+        let record = live.record();
+        if record.state == "ended" {
+            return Err(SessionError::Ended(record.id));
+        }
+        let conversation = live
+            .conversation
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| SessionError::Busy(record.id.clone()))?;
+        runner::begin(self.clone(), live, conversation, prompt, tool_choice).await
+    }
+}
+
+fn validate_prompt(prompt: &str) -> Result<(), SessionError> {
+    if prompt.trim().is_empty() {
+        return Err(SessionError::Invalid(
+            "prompt must not be empty; send the instruction in the prompt field".to_owned(),
+        ));
+    }
+    Ok(())
+}

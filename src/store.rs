@@ -1,0 +1,545 @@
+//! The session store: SQLite by default, PostgreSQL for shared deployments, through one
+//! query code path on sqlx's `Any` driver.
+
+mod migrations;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Row};
+
+use crate::agent::{ContentPart, Message, Role, Usage};
+
+/// Database kind behind a store URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value could not be decoded.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The store URL or file could not be used.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Stored metadata of one session.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct SessionRecord {
+    /// Session id, a UUID.
+    pub id: String,
+    /// Name of the key that created it.
+    pub owner: String,
+    /// The start of the first prompt.
+    pub title: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Time of the last stored message, milliseconds since the Unix epoch.
+    pub updated_at: i64,
+    /// Provider of the last turn.
+    pub provider: String,
+    /// Model of the last turn.
+    pub model: String,
+    /// Model chosen when the session started; the config's model applies when null.
+    pub model_override: Option<String>,
+    /// Instructions added to the system prompt.
+    pub instructions: String,
+    /// Extensions the session may use; all when null.
+    pub extensions: Option<Vec<String>>,
+    /// Prompt tokens used by all turns.
+    pub input_tokens: i64,
+    /// Generated tokens of all turns.
+    pub output_tokens: i64,
+    /// Stored messages.
+    pub message_count: i64,
+    /// `active` or `ended`.
+    pub state: String,
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct MessageRecord {
+    /// Position in the session, from 1.
+    pub seq: i64,
+    /// `user`, `assistant` or `tool`.
+    #[schema(value_type = String)]
+    pub role: Role,
+    /// Content parts.
+    #[schema(value_type = Vec<Object>)]
+    pub content: Vec<ContentPart>,
+    /// Time stored, milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// For a summary message: the last message it replaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary_through: Option<i64>,
+}
+
+/// Values of a new session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Key name of the owner.
+    pub owner: String,
+    /// Title.
+    pub title: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// Model chosen by the client, if any.
+    pub model_override: Option<String>,
+    /// Extra instructions.
+    pub instructions: String,
+    /// Allowed extensions.
+    pub extensions: Option<Vec<String>>,
+}
+
+/// The session store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Returns the current time in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+const SESSION_COLUMNS: &str = "id, owner, title, created_at, updated_at, provider, model, \
+    model_override, instructions, extensions, input_tokens, output_tokens, message_count, state";
+
+impl Store {
+    /// Connects to `url`, creating a SQLite file and its directory if needed, and applies
+    /// migrations.
+    pub async fn open(url: &str, working_dir: &Path) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(url, working_dir)?)
+        } else {
+            (Backend::Postgres, url.to_owned())
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        use sqlx::Executor;
+                        connection.execute("PRAGMA foreign_keys = ON").await?;
+                        connection.execute("PRAGMA busy_timeout = 5000").await?;
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers work beside the writer and survives a crash mid-write.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let applied = migrations::apply(&pool, backend).await?;
+        tracing::info!(
+            ?backend,
+            migrations_applied = applied,
+            "session store ready"
+        );
+        Ok(Self { pool, backend })
+    }
+
+    /// Returns the backend kind.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Creates a session and returns it.
+    pub async fn create_session(&self, new: NewSession) -> Result<SessionRecord, StoreError> {
+        let now = now_millis();
+        let record = SessionRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: new.owner,
+            title: new.title,
+            created_at: now,
+            updated_at: now,
+            provider: new.provider,
+            model: new.model,
+            model_override: new.model_override,
+            instructions: new.instructions,
+            extensions: new.extensions,
+            input_tokens: 0,
+            output_tokens: 0,
+            message_count: 0,
+            state: "active".to_owned(),
+        };
+        let extensions = record
+            .extensions
+            .as_ref()
+            .map(|list| serde_json::to_string(list).unwrap_or_default());
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, title, created_at, updated_at, provider, model, \
+             model_override, instructions, extensions, input_tokens, output_tokens, \
+             message_count, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, 0, $11)",
+        )
+        .bind(&record.id)
+        .bind(&record.owner)
+        .bind(&record.title)
+        .bind(record.created_at)
+        .bind(record.updated_at)
+        .bind(&record.provider)
+        .bind(&record.model)
+        .bind(&record.model_override)
+        .bind(&record.instructions)
+        .bind(extensions)
+        .bind(&record.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(record)
+    }
+
+    /// Returns the session `id`, or `None`.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let query = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let row = sqlx::query(&query)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| session_from_row(&row)).transpose()
+    }
+
+    /// Returns the most recently updated session of `owner`.
+    pub async fn latest_session(&self, owner: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let query = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 AND state = 'active' \
+             ORDER BY updated_at DESC, id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&query)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| session_from_row(&row)).transpose()
+    }
+
+    /// Lists sessions newest first, of `owner` or of everyone when `None`, after `cursor`
+    /// (the `created_at` and `id` of the last session of the previous page).
+    pub async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (cursor_time, cursor_id) = cursor.unwrap_or((i64::MAX, String::new()));
+        let query = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE ($1 = '' OR owner = $1) AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(&query)
+            .bind(owner.unwrap_or(""))
+            .bind(cursor_time)
+            .bind(if cursor_id.is_empty() {
+                "\u{10FFFF}".to_owned()
+            } else {
+                cursor_id
+            })
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// Deletes a session and its messages. Returns whether it existed.
+    pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM messages WHERE session_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// Sets the state of a session.
+    pub async fn set_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET state = $1, updated_at = $2 WHERE id = $3")
+            .bind(state)
+            .bind(now_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores one finished message in its own transaction and returns its sequence number.
+    pub async fn append_message(
+        &self,
+        session_id: &str,
+        message: &Message,
+        summary_through: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let content = serde_json::to_string(&message.content)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE session_id = $1")
+                .bind(session_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let seq = last.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO messages (session_id, seq, role, content, created_at, summary_through) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(session_id)
+        .bind(seq)
+        .bind(role_name(message.role))
+        .bind(content)
+        .bind(now)
+        .bind(summary_through)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sessions SET updated_at = $1, message_count = message_count + 1 \
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Adds a turn's token usage to the session and records the provider and model used.
+    pub async fn record_turn(
+        &self,
+        session_id: &str,
+        usage: Usage,
+        provider: &str,
+        model: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET input_tokens = input_tokens + $1, \
+             output_tokens = output_tokens + $2, provider = $3, model = $4 WHERE id = $5",
+        )
+        .bind(i64::try_from(usage.input_tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(usage.output_tokens).unwrap_or(i64::MAX))
+        .bind(provider)
+        .bind(model)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Returns up to `limit` messages of a session with `seq` above `after`, in order.
+    pub async fn messages(
+        &self,
+        session_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, role, content, created_at, summary_through FROM messages \
+             WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(session_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    /// Returns the conversation to send to the provider: the latest summary, if any, and
+    /// every message after the ones it replaces, with their sequence numbers.
+    pub async fn history(&self, session_id: &str) -> Result<Vec<(i64, Message)>, StoreError> {
+        let records = self.messages(session_id, 0, i64::MAX).await?;
+        let latest_summary = records
+            .iter()
+            .rev()
+            .find(|record| record.summary_through.is_some());
+        let history = match latest_summary {
+            None => records.into_iter().map(into_history_entry).collect(),
+            Some(summary) => {
+                let through = summary.summary_through.unwrap_or(0);
+                let summary_seq = summary.seq;
+                let mut kept = vec![into_history_entry(summary.clone())];
+                kept.extend(
+                    records
+                        .into_iter()
+                        .filter(|r| {
+                            r.seq > through && r.seq != summary_seq && r.summary_through.is_none()
+                        })
+                        .map(into_history_entry),
+                );
+                kept
+            }
+        };
+        Ok(history)
+    }
+
+    /// Checks the database for corruption and broken references; returns the problems.
+    pub async fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        if self.backend == Backend::Sqlite {
+            let result: String = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_one(&self.pool)
+                .await?;
+            if result != "ok" {
+                problems.push(result);
+            }
+        }
+        let orphans: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages m LEFT JOIN sessions s ON s.id = m.session_id \
+             WHERE s.id IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if orphans > 0 {
+            problems.push(format!("{orphans} messages belong to no session"));
+        }
+        let miscounted: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions s WHERE s.message_count <> \
+             (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if miscounted > 0 {
+            problems.push(format!("{miscounted} sessions have a wrong message count"));
+        }
+        let records = sqlx::query("SELECT content FROM messages")
+            .fetch_all(&self.pool)
+            .await?;
+        for row in records {
+            let content: String = row.try_get("content")?;
+            if serde_json::from_str::<Vec<ContentPart>>(&content).is_err() {
+                problems.push("a message has content that is not valid JSON".to_owned());
+            }
+        }
+        Ok(problems)
+    }
+}
+
+fn into_history_entry(record: MessageRecord) -> (i64, Message) {
+    (
+        record.seq,
+        Message {
+            role: record.role,
+            content: record.content,
+        },
+    )
+}
+
+/// Turns `sqlite://PATH` into an absolute `sqlite://` URL that creates the file, and creates
+/// its directory.
+fn sqlite_url(url: &str, working_dir: &Path) -> Result<String, StoreError> {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path == ":memory:" {
+        return Ok("sqlite::memory:".to_owned());
+    }
+    let path = working_dir.join(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|error| {
+            StoreError::Setup(format!(
+                "cannot create the store directory {}: {error}; fix store.url or the permissions",
+                parent.display()
+            ))
+        })?;
+    }
+    let query = if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        query.to_owned()
+    };
+    Ok(format!("sqlite://{}?{query}", path.display()))
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+fn parse_role(name: &str) -> Result<Role, StoreError> {
+    match name {
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        "tool" => Ok(Role::Tool),
+        other => Err(StoreError::Corrupt(format!("unknown role {other:?}"))),
+    }
+}
+
+fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRecord, StoreError> {
+    let extensions: Option<String> = row.try_get("extensions")?;
+    let extensions = extensions
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|error| StoreError::Corrupt(format!("session extensions: {error}")))?;
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        title: row.try_get("title")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        model_override: row.try_get("model_override")?,
+        instructions: row.try_get("instructions")?,
+        extensions,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        message_count: row.try_get("message_count")?,
+        state: row.try_get("state")?,
+    })
+}
+
+fn message_from_row(row: &sqlx::any::AnyRow) -> Result<MessageRecord, StoreError> {
+    let role: String = row.try_get("role")?;
+    let content: String = row.try_get("content")?;
+    Ok(MessageRecord {
+        seq: row.try_get("seq")?,
+        role: parse_role(&role)?,
+        content: serde_json::from_str(&content)
+            .map_err(|error| StoreError::Corrupt(format!("message content: {error}")))?,
+        created_at: row.try_get("created_at")?,
+        summary_through: row.try_get("summary_through")?,
+    })
+}
