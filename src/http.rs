@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/provider/config", get(routes::provider_config))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(routes::metrics))
+        .route("/extensions/list", get(routes::extensions_list))
         .route("/session/start", post(sessions::start))
         .route("/session/reply", post(sessions::reply))
         .route("/session/summarize", post(sessions::summarize))

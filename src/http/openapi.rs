@@ -19,6 +19,7 @@ use super::{routes, sessions};
         routes::config_status,
         routes::config_reload,
         routes::metrics,
+        routes::extensions_list,
         sessions::start,
         sessions::reply,
         sessions::summarize,

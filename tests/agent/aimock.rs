@@ -14,7 +14,8 @@ pub struct Aimock {
     pub url: String,
 }
 
-fn peers_dir() -> PathBuf {
+/// Returns the directory of the npm and Python test peers.
+pub fn peers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("peers")
@@ -34,7 +35,16 @@ fn install_peers() {
 
 impl Aimock {
     /// Starts aimock on a free port of 127.0.0.1 with the fixtures in `fixtures`.
+    #[allow(
+        dead_code,
+        reason = "each test binary that includes this file uses a part of it"
+    )]
     pub fn start(fixtures: &Path) -> Self {
+        Self::start_with(fixtures, &[])
+    }
+
+    /// Starts aimock with extra command-line arguments, such as `--latency`.
+    pub fn start_with(fixtures: &Path, extra: &[&str]) -> Self {
         install_peers();
         let cli = peers_dir().join("node_modules/@copilotkit/aimock/dist/cli.js");
         let mut child = Command::new("node")
@@ -49,6 +59,7 @@ impl Aimock {
                 "--fixtures",
             ])
             .arg(fixtures)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

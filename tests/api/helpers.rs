@@ -33,6 +33,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Extra arguments after the program name.
     pub args: Vec<String>,
+    /// Working directory to reuse, from [`Daemon::kill_keeping_dir`]; a new one otherwise.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Launch {
@@ -76,9 +78,12 @@ pub struct StartFailure {
     pub stdout: String,
 }
 
-/// Creates the files of `launch` in a new directory and runs the binary there.
-pub fn spawn(launch: &Launch) -> (Child, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("create a temporary directory");
+/// Creates the files of `launch` in its directory, or a new one, and runs the binary there.
+pub fn spawn(launch: &mut Launch) -> (Child, tempfile::TempDir) {
+    let dir = match launch.dir.take() {
+        Some(dir) => dir,
+        None => tempfile::tempdir().expect("create a temporary directory"),
+    };
     for (name, content) in &launch.files {
         let path = dir.path().join(name);
         if let Some(parent) = path.parent() {
@@ -120,8 +125,8 @@ impl Daemon {
     }
 
     /// Starts a daemon, returning its output if it exits before listening.
-    pub async fn try_launch(launch: Launch) -> Result<Self, StartFailure> {
-        let (mut child, dir) = spawn(&launch);
+    pub async fn try_launch(mut launch: Launch) -> Result<Self, StartFailure> {
+        let (mut child, dir) = spawn(&mut launch);
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
@@ -252,6 +257,16 @@ impl Daemon {
             assert!(started.elapsed() < WAIT, "daemon did not exit");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Daemon {
+    /// Kills the daemon with SIGKILL and returns its working directory for a restart.
+    pub fn kill_keeping_dir(mut self) -> tempfile::TempDir {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+        let placeholder = tempfile::tempdir().expect("create a temporary directory");
+        std::mem::replace(&mut self.dir, placeholder)
     }
 }
 

@@ -11,7 +11,14 @@ use crate::helpers::{ADMIN_KEY, Daemon, Launch, config_with_key, spawn};
 
 /// Runs the binary to completion and returns its exit code, stdout and stderr.
 fn run_to_end(launch: &Launch) -> (Option<i32>, String, String) {
-    let (child, _dir) = spawn(launch);
+    let mut launch = Launch {
+        files: launch.files.clone(),
+        config_arg: launch.config_arg.clone(),
+        env: launch.env.clone(),
+        args: launch.args.clone(),
+        dir: None,
+    };
+    let (child, _dir) = spawn(&mut launch);
     let output = child.wait_with_output().expect("wait for goose-api");
     (
         output.status.code(),
