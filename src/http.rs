@@ -1,6 +1,7 @@
 //! The HTTP edge: one router with its middleware, built from shared state.
 
 pub mod error;
+mod extensions;
 pub mod extract;
 pub mod middleware;
 mod openapi;
@@ -21,6 +22,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::config::ConfigHandle;
+use crate::extensions::Registry;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     pub config: ConfigHandle,
     /// Whether the daemon accepts work.
     pub readiness: Readiness,
+    /// The extensions and their tools.
+    pub extensions: Registry,
 }
 
 /// Start-up and shutdown phase, shown by `GET /ready`.
@@ -71,11 +75,20 @@ pub fn router(state: AppState) -> Router {
     let user = Router::new()
         .route("/provider/config", get(routes::provider_config))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/extensions/list", get(extensions::list_names))
+        .route("/extensions", get(extensions::list))
+        .route("/extensions/{name}", get(extensions::show))
+        .route(
+            "/extensions/{name}/tools/{tool}",
+            post(extensions::call_tool),
+        )
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::authenticate));
     let admin = Router::new()
         .route("/config/status", get(routes::config_status))
         .route("/config/reload", post(routes::config_reload))
+        .route("/extensions/add", post(extensions::add))
+        .route("/extensions/remove", post(extensions::remove))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::require_admin))
         .route_layer(from_fn(middleware::authenticate));

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod extensions;
 pub mod http;
 pub mod server;
 pub mod shutdown;

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigHandle};
+use crate::extensions::Registry;
 use crate::http::{self, AppState, Readiness};
 
 /// Why [`run`] returned.
@@ -26,9 +27,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Stopped> {
     let readiness = Readiness::default();
+    let extensions = Registry::start(config.clone());
     let state = AppState {
         config: config.clone(),
         readiness: readiness.clone(),
+        extensions: extensions.clone(),
     };
     let watcher = config::spawn_watcher(config.clone(), shutdown.child_token())?;
     let app = http::router(state);
@@ -47,6 +50,7 @@ pub async fn run(
     };
     if let Some(finished) = finished_early {
         shutdown.cancel();
+        extensions.shutdown().await;
         finished
             .context("the HTTP server task failed")?
             .context("the HTTP server failed")?;
@@ -71,6 +75,8 @@ pub async fn run(
             Stopped::DrainTimedOut
         }
     };
+    // Servers stop after the drain, so requests still in flight could use their tools.
+    extensions.shutdown().await;
     if let Err(error) = watcher.await {
         tracing::error!(%error, "config watcher task failed");
     }

@@ -84,6 +84,12 @@ pub enum ApiError {
     /// 503: the daemon is starting or shutting down, or a dependency is down.
     #[error("{0}")]
     Unavailable(String),
+    /// 502: an upstream server, such as an MCP server, failed the request.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 504: an upstream server, such as an MCP server, did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// 503: the handler did not finish within `limits.request_timeout_secs`.
     #[error(
         "request timed out after {secs} s; retry, or raise limits.request_timeout_secs for \
@@ -115,6 +121,8 @@ impl ApiError {
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -134,6 +142,8 @@ impl ApiError {
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
             Self::Unavailable(_) => "unavailable",
+            Self::BadGateway(_) => "upstream_failed",
+            Self::GatewayTimeout(_) => "upstream_timeout",
             Self::Timeout { .. } => "timeout",
         }
     }

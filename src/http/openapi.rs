@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
 use super::middleware::API_KEY_HEADER;
-use super::routes;
+use super::{extensions, routes};
 
 /// The API description served at `GET /openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -18,6 +18,12 @@ use super::routes;
         routes::provider_config,
         routes::config_status,
         routes::config_reload,
+        extensions::list_names,
+        extensions::list,
+        extensions::show,
+        extensions::add,
+        extensions::remove,
+        extensions::call_tool,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
