@@ -124,7 +124,7 @@ impl ServerProcess {
     fn group_alive(&self) -> bool {
         // NOTE: once the leader is reaped and the group is empty, the id could in theory be
         // reused by a new group before this check; the window is a few milliseconds.
-        killpg(self.group, None).is_ok()
+        killpg(self.group, None).is_ok() && has_live_member(self.group)
     }
 
     fn signal_group(&self, signal: Signal) {
@@ -151,6 +151,35 @@ impl ServerProcess {
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
+}
+
+/// Returns whether a process of `group` other than a zombie exists, from `/proc`. Members
+/// that outlive the leader are reparented to init, which reaps them on its own schedule, so
+/// their zombies must not count. Without `/proc`, every member counts.
+fn has_live_member(group: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    let group = group.as_raw().to_string();
+    entries.filter_map(Result::ok).any(|entry| {
+        let is_process = entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit());
+        if !is_process {
+            return false;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesized command name: state, parent id, group id.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let group_field = fields.nth(1);
+        group_field == Some(group.as_str()) && state != Some("Z")
+    })
 }
 
 /// Describes how a process ended, for error messages.

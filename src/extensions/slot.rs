@@ -132,9 +132,13 @@ impl Slot {
         runtime.tools = tools;
     }
 
-    /// Stops routing calls to the connection, which is about to close.
-    pub fn detach(&self) {
-        self.lock().peer = None;
+    /// Stops routing calls to the connection, which is about to close, and shows `state`
+    /// while it closes.
+    pub fn detach(&self, state: State) {
+        let mut runtime = self.lock();
+        runtime.state = state;
+        runtime.peer = None;
+        runtime.tools.clear();
     }
 
     /// Replaces the tool list after the server reported a change.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Connection};
 use super::convert;
-use super::slot::Slot;
+use super::slot::{Slot, State};
 
 /// Wait before the first restart after a failure.
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -44,7 +44,10 @@ pub async fn supervise(slot: Arc<Slot>, stop: CancellationToken) {
         match client::connect(&slot.name, &definition.config, &slot.tail, &stop).await {
             Ok(mut connection) => {
                 let ended = serve(&slot, &mut connection, &stop).await;
-                slot.detach();
+                slot.detach(match ended {
+                    Ended::Stopped => State::Stopped,
+                    Ended::Closed(_) => State::Failed,
+                });
                 let exit = connection.shutdown().await;
                 match ended {
                     Ended::Stopped => {

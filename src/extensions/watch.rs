@@ -43,30 +43,37 @@ impl DirectoryWatch {
         }
     }
 
-    /// Watches `dir`, replacing the previous watch if the directory changed. A directory
-    /// that does not exist yet is tried again on the next call.
+    /// Watches `dir`, replacing the previous watch if the directory changed. While `dir`
+    /// does not exist, its parent is watched instead, so creating it triggers a rescan.
     pub fn follow(&mut self, dir: &Path) {
         let Some(watcher) = &mut self.watcher else {
             return;
         };
-        if self.watched.as_deref() == Some(dir) {
+        let target = if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            match dir.parent().map(directory_or_current) {
+                Some(parent) if parent.is_dir() => parent,
+                _ => {
+                    tracing::warn!(path = %dir.display(), "neither the extensions directory nor its parent exists; manifests apply on config reload only");
+                    return;
+                }
+            }
+        };
+        if self.watched.as_deref() == Some(target.as_path()) {
             return;
         }
         if let Some(old) = self.watched.take() {
             // The directory may be deleted already, which removed the watch with it.
             let _ = watcher.unwatch(&old);
         }
-        if !dir.is_dir() {
-            tracing::debug!(path = %dir.display(), "extensions directory does not exist; not watching it");
-            return;
-        }
-        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        match watcher.watch(&target, RecursiveMode::NonRecursive) {
             Ok(()) => {
-                tracing::info!(path = %dir.display(), "watching the extensions directory");
-                self.watched = Some(dir.to_path_buf());
+                tracing::debug!(path = %target.display(), "watching for extension manifests");
+                self.watched = Some(target);
             }
             Err(error) => tracing::error!(
-                path = %dir.display(),
+                path = %target.display(),
                 %error,
                 "cannot watch the extensions directory; manifests apply on config reload only"
             ),
@@ -79,6 +86,14 @@ impl DirectoryWatch {
         if self.watched.as_deref().is_some_and(|dir| !dir.is_dir()) {
             self.watched = None;
         }
+    }
+}
+
+fn directory_or_current(dir: &Path) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir.to_path_buf()
     }
 }
 

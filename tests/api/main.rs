@@ -2,6 +2,9 @@
 
 mod auth;
 mod edge;
+mod extension_processes;
+mod extensions;
 mod helpers;
 mod lifecycle;
+mod peers;
 mod reload;
