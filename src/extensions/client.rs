@@ -26,6 +26,8 @@ use crate::tools::{ToolError, ToolOutput};
 /// Longest wait for the initialize handshake; below it the extension's `timeout` applies.
 /// Servers started by `npx` or `uvx` may download packages first, hence a minute.
 pub const MAX_HANDSHAKE: Duration = Duration::from_secs(60);
+/// Time the MCP client task gets to finish after a cancel before it is aborted.
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(250);
 /// Time a server that closed its stdout gets to exit before it is reported as hung.
 const EXIT_AFTER_CLOSE: Duration = Duration::from_millis(500);
 
@@ -283,8 +285,12 @@ impl Connection {
             stop.cancel();
         }
         if !self.service_ended {
-            if let Err(error) = (&mut self.service_task).await {
-                tracing::debug!(%error, "MCP client task ended abnormally");
+            // rmcp drains in-flight responses for up to 2 s after a cancel while it keeps
+            // the transport, and so the server's stdin, open; a stop does not wait for that.
+            match tokio::time::timeout(CLIENT_CLOSE_GRACE, &mut self.service_task).await {
+                Ok(Err(error)) => tracing::debug!(%error, "MCP client task ended abnormally"),
+                Ok(Ok(_)) => {}
+                Err(_) => self.service_task.abort(),
             }
         }
         let server = self.process.take()?;
