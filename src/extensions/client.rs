@@ -23,8 +23,8 @@ use super::stderr::StderrTail;
 use crate::config::{ExtensionConfig, ExtensionKind};
 use crate::tools::{ToolError, ToolOutput};
 
-/// Longest wait for the initialize handshake; below it the extension's `timeout` applies.
-/// Servers started by `npx` or `uvx` may download packages first, hence a minute.
+/// Maximum wait for the initialize handshake, used when the extension's `timeout` is
+/// longer. Servers started by `npx` or `uvx` may download packages first, hence a minute.
 pub const MAX_HANDSHAKE: Duration = Duration::from_secs(60);
 /// Time the MCP client task gets to finish after a cancel before it is aborted.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(250);
@@ -66,7 +66,7 @@ pub struct Connection {
     pub tools_changed: Arc<Notify>,
 }
 
-/// Why a connection could not be made. The message names the extension's problem and
+/// A failure to connect. The message names the extension's problem and
 /// includes the stderr tail where there is one.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -119,13 +119,13 @@ where
             "the initialize handshake failed: {error}"
         ))),
         Err(_) => Err(ConnectError(format!(
-            "the server did not answer the initialize request within {} s",
+            "the server did not respond to the initialize request within {} s",
             limit.as_secs()
         ))),
     }
 }
 
-/// How the handshake with a stdio server ended.
+/// Outcome of the handshake with a stdio server.
 enum StdioHandshake {
     Done(Result<RunningService<RoleClient, Handler>, ConnectError>),
     Exited,
@@ -285,8 +285,8 @@ impl Connection {
             stop.cancel();
         }
         if !self.service_ended {
-            // rmcp drains in-flight responses for up to 2 s after a cancel while it keeps
-            // the transport, and so the server's stdin, open; a stop does not wait for that.
+            // After a cancel, rmcp 3.11 drains in-flight responses for up to 2 s and keeps
+            // the transport open meanwhile. That would delay closing the server's stdin.
             match tokio::time::timeout(CLIENT_CLOSE_GRACE, &mut self.service_task).await {
                 Ok(Err(error)) => tracing::debug!(%error, "MCP client task ended abnormally"),
                 Ok(Ok(_)) => {}

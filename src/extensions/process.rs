@@ -122,8 +122,8 @@ impl ServerProcess {
     }
 
     fn group_alive(&self) -> bool {
-        // NOTE: once the leader is reaped and the group is empty, the id could in theory be
-        // reused by a new group before this check; the window is a few milliseconds.
+        // NOTE: once the leader is reaped and the group is empty, a new group could reuse
+        // the id before this check. The window is a few milliseconds.
         killpg(self.group, None).is_ok() && has_live_member(self.group)
     }
 

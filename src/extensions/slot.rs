@@ -19,7 +19,7 @@ use crate::tools::ToolDefinition;
 pub enum State {
     /// The server is starting or the handshake is in progress.
     Starting,
-    /// The server answered the handshake and its tools are listed.
+    /// The server completed the handshake and its tools are listed.
     Running,
     /// The server crashed or could not start; it is restarted after a backoff.
     Failed,
@@ -39,7 +39,7 @@ impl State {
     }
 }
 
-/// What the supervisor changes while an extension runs.
+/// Values the supervisor changes while an extension runs.
 #[derive(Debug)]
 struct Runtime {
     state: State,
@@ -84,7 +84,7 @@ pub struct ExtensionStatus {
     pub restarts: u32,
     /// Seconds each tool call may take.
     pub timeout: u64,
-    /// Why the server last failed, with its stderr tail for stdio servers.
+    /// Reason of the last failure, with the stderr tail for stdio servers.
     pub last_error: Option<String>,
     /// Last lines the server wrote to stderr.
     pub stderr_tail: Vec<String>,

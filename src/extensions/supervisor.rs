@@ -13,12 +13,12 @@ use super::slot::{Slot, State};
 
 /// Wait before the first restart after a failure.
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest wait between restarts, so a fixed server comes back within a minute.
+/// Maximum wait between restarts, so a fixed server comes back within a minute.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A server that ran this long before crashing starts again from the initial backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// Why a connected server stopped serving.
+/// Reason a connected server stopped serving.
 enum Ended {
     /// The registry asked the supervisor to stop.
     Stopped,
@@ -26,7 +26,7 @@ enum Ended {
     Closed(String),
 }
 
-/// What woke a supervisor while its server runs.
+/// Event that woke a supervisor while its server runs.
 enum Wake {
     Stop,
     Closed(String),

@@ -52,7 +52,7 @@ async fn server_never_answering_initialize_times_out() {
         .await;
     let error = status["last_error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("did not answer the initialize request within 1 s"),
+        error.contains("did not respond to the initialize request within 1 s"),
         "{error}"
     );
 }
@@ -103,7 +103,7 @@ async fn large_result_passes_through() {
 }
 
 #[tokio::test]
-async fn server_killed_mid_call_fails_the_call_and_restarts() {
+async fn server_killed_mid_call_restarts() {
     let config = daemon_config("crashy", &rust_server(), &[], "");
     let daemon = Daemon::launch(launch(&config)).await;
     daemon.wait_running("crashy").await;
@@ -196,7 +196,7 @@ async fn wrapper_restarted_fifty_times_leaves_no_process() {
         // Each distinct argument list is a change that needs a restart.
         let command = format!("sleep 1000 & exec {} --round {round}", rust_server());
         rename_save(&manifest, &stdio_manifest("sh", &["-c", &command], ""));
-        // The previous server may still answer until the reload reaches the registry, and
+        // The previous server may still respond until the reload reaches the registry, and
         // calls fail while it restarts.
         let group = loop {
             daemon.wait_running("wrapped").await;
