@@ -1,6 +1,7 @@
 //! The HTTP edge: one router with its middleware, built from shared state.
 
 pub mod error;
+mod extensions;
 pub mod extract;
 pub mod middleware;
 mod openapi;
@@ -22,6 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::config::ConfigHandle;
+use crate::extensions::Registry;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub sessions: std::sync::Arc<crate::sessions::SessionManager>,
     /// Tools, with calls in flight counted per extension.
     pub tools: std::sync::Arc<crate::tools::CountingTools>,
+    /// The extensions and their tools.
+    pub extensions: Registry,
 }
 
 /// Start-up and shutdown phase, shown by `GET /ready`.
@@ -77,7 +81,6 @@ pub fn router(state: AppState) -> Router {
         .route("/provider/config", get(routes::provider_config))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(routes::metrics))
-        .route("/extensions/list", get(routes::extensions_list))
         .route("/session/start", post(sessions::start))
         .route("/session/reply", post(sessions::reply))
         .route("/session/summarize", post(sessions::summarize))
@@ -89,11 +92,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sessions/{id}/reply", post(sessions::session_reply))
         .route("/sessions/{id}/cancel", post(sessions::cancel))
+        .route("/extensions/list", get(extensions::list_names))
+        .route("/extensions", get(extensions::list))
+        .route("/extensions/{name}", get(extensions::show))
+        .route(
+            "/extensions/{name}/tools/{tool}",
+            post(extensions::call_tool),
+        )
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::authenticate));
     let admin = Router::new()
         .route("/config/status", get(routes::config_status))
         .route("/config/reload", post(routes::config_reload))
+        .route("/extensions/add", post(extensions::add))
+        .route("/extensions/remove", post(extensions::remove))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::require_admin))
         .route_layer(from_fn(middleware::authenticate));

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod extensions;
 pub mod http;
 pub mod server;
 pub mod sessions;

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::config::{self, ConfigHandle};
+use crate::extensions::Registry;
 use crate::http::{self, AppState, Readiness};
 use crate::sessions::SessionManager;
 use crate::store::Store;
-use crate::tools::{CountingTools, NoTools};
+use crate::tools::CountingTools;
 
 /// How often idle sessions are looked for.
 const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -40,8 +41,8 @@ pub async fn run(
     let store = Store::open(store_url.expose(), &working_dir)
         .await
         .with_context(|| format!("cannot open the session store {store_url}"))?;
-    // TODO: replace NoTools with the extension registry once it is merged.
-    let tools = Arc::new(CountingTools::new(Arc::new(NoTools)));
+    let extensions = Registry::start(config.clone());
+    let tools = Arc::new(CountingTools::new(Arc::new(extensions.clone())));
     let sessions = Arc::new(SessionManager::new(
         store.clone(),
         config.clone(),
@@ -53,6 +54,7 @@ pub async fn run(
         readiness: readiness.clone(),
         sessions: sessions.clone(),
         tools,
+        extensions: extensions.clone(),
     };
     let app = http::router(state);
     let stop_accepting = shutdown.clone();
@@ -64,12 +66,16 @@ pub async fn run(
     readiness.set_ready();
     tracing::info!("ready");
 
+    // The server ends on its own when the token is cancelled, so the token is checked first:
+    // an ended server counts as a failure only while shutdown was not requested.
     let finished_early = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => None,
         finished = &mut server => Some(finished),
     };
     if let Some(finished) = finished_early {
         shutdown.cancel();
+        extensions.shutdown().await;
         finished
             .context("the HTTP server task failed")?
             .context("the HTTP server failed")?;
@@ -95,6 +101,8 @@ pub async fn run(
         }
     };
     sessions.cancel_all();
+    // Servers stop after the drain, so requests still in flight could use their tools.
+    extensions.shutdown().await;
     if let Err(error) = watcher.await {
         tracing::error!(%error, "config watcher task failed");
     }

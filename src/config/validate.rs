@@ -204,6 +204,7 @@ pub fn validate_extension(
         problems.push(Problem::new(format!("{at}.timeout"), "must be at least 1"));
     }
     check_type_fields(at, extension, problems);
+    crate::extensions::env::check_names(at, extension, problems);
     if let Some(uri) = &extension.uri {
         check_http_url(&format!("{at}.uri"), uri, problems);
     }

@@ -81,12 +81,16 @@ pub enum ApiError {
     /// 500: a bug or an unexpected failure. The cause is logged, never sent.
     #[error("internal error; give the operator the x-request-id of this response")]
     Internal(anyhow::Error),
-    /// 502: the LLM provider failed or rejected the request.
-    #[error("{0}")]
-    BadGateway(String),
     /// 503: the daemon is starting or shutting down, or a dependency is down.
     #[error("{0}")]
     Unavailable(String),
+    /// 502: an upstream server, such as the LLM provider or an MCP server, failed the
+    /// request.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 504: an upstream server, such as an MCP server, did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// 503: the handler did not finish within `limits.request_timeout_secs`.
     #[error(
         "request timed out after {secs} s; retry, or raise limits.request_timeout_secs for \
@@ -119,6 +123,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -137,8 +142,9 @@ impl ApiError {
             Self::Unprocessable { code, .. } => code,
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
-            Self::BadGateway(_) => "provider_error",
             Self::Unavailable(_) => "unavailable",
+            Self::BadGateway(_) => "upstream_failed",
+            Self::GatewayTimeout(_) => "upstream_timeout",
             Self::Timeout { .. } => "timeout",
         }
     }

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
 use super::middleware::API_KEY_HEADER;
-use super::{routes, sessions};
+use super::{extensions, routes, sessions};
 
 /// The API description served at `GET /openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -19,7 +19,6 @@ use super::{routes, sessions};
         routes::config_status,
         routes::config_reload,
         routes::metrics,
-        routes::extensions_list,
         sessions::start,
         sessions::reply,
         sessions::summarize,
@@ -29,6 +28,12 @@ use super::{routes, sessions};
         sessions::delete,
         sessions::session_reply,
         sessions::cancel,
+        extensions::list_names,
+        extensions::list,
+        extensions::show,
+        extensions::add,
+        extensions::remove,
+        extensions::call_tool,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),

@@ -227,27 +227,3 @@ pub async fn metrics(
         pending_requests: state.tools.pending(),
     })
 }
-
-/// Body of `GET /extensions/list`, in the original goose-api shape.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExtensionListResponse {
-    /// Names of the extensions whose tools are available.
-    pub extensions: Vec<String>,
-}
-
-/// Names of the extensions whose tools the agent can use now.
-#[utoipa::path(get, path = "/extensions/list", tag = "extensions",
-    security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = ExtensionListResponse)))]
-pub async fn extensions_list(State(state): State<AppState>) -> Json<ExtensionListResponse> {
-    use crate::tools::ToolSource;
-    let mut extensions: Vec<String> = state
-        .tools
-        .tools()
-        .into_iter()
-        .map(|tool| tool.extension)
-        .collect();
-    extensions.sort();
-    extensions.dedup();
-    Json(ExtensionListResponse { extensions })
-}

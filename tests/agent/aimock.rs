@@ -21,8 +21,8 @@ pub fn peers_dir() -> PathBuf {
         .join("peers")
 }
 
-/// Installs the npm test peers once per test binary.
-fn install_peers() {
+/// Installs the npm and Python test peers once per test binary.
+pub fn install_peers() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let status = Command::new("bash")

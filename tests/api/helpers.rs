@@ -241,6 +241,11 @@ impl Daemon {
         self.stdout.lock().expect("stdout lines").join("\n")
     }
 
+    /// Returns the daemon's process id.
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: Signal) {
         let pid = i32::try_from(self.child.id()).expect("pid fits i32");

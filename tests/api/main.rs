@@ -4,7 +4,10 @@
 mod aimock;
 mod auth;
 mod edge;
+mod extension_processes;
+mod extensions;
 mod helpers;
 mod lifecycle;
+mod peers;
 mod reload;
 mod sessions;

@@ -1,0 +1,23 @@
+//! Extensions: MCP servers declared in the config or dropped into the extensions
+//! directory, kept running by a registry that follows every change, and offered to the
+//! agent as tools.
+
+mod changes;
+mod client;
+mod convert;
+pub mod definition;
+pub mod env;
+pub mod manifest;
+mod process;
+mod registry;
+mod slot;
+mod sse;
+mod stderr;
+mod supervisor;
+mod tool_source;
+mod watch;
+
+pub use changes::ChangeError;
+pub use definition::{DefinitionProblem, Source};
+pub use registry::Registry;
+pub use slot::{ExtensionStatus, State};

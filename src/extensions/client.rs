@@ -1,0 +1,334 @@
+//! One MCP client connection: the initialize handshake over stdio, streamable HTTP or SSE,
+//! tool listing and tool calls with the extension's timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::{
+    NotificationContext, Peer, QuitReason, RunningService, RunningServiceCancellationToken,
+};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use tokio::sync::Notify;
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::process::{self, ServerProcess};
+use super::sse::SseTransport;
+use super::stderr::StderrTail;
+use crate::config::{ExtensionConfig, ExtensionKind};
+use crate::tools::{ToolError, ToolOutput};
+
+/// Maximum wait for the initialize handshake, used when the extension's `timeout` is
+/// longer. Servers started by `npx` or `uvx` may download packages first, hence a minute.
+pub const MAX_HANDSHAKE: Duration = Duration::from_secs(60);
+/// Time the MCP client task gets to finish after a cancel before it is aborted.
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(250);
+/// Time a server that closed its stdout gets to exit before it is reported as hung.
+const EXIT_AFTER_CLOSE: Duration = Duration::from_millis(500);
+
+/// Receives server notifications; a changed tool list wakes the supervisor.
+#[derive(Debug, Clone, Default)]
+pub struct Handler {
+    tools_changed: Arc<Notify>,
+}
+
+impl ClientHandler for Handler {
+    fn on_tool_list_changed(
+        &self,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        self.tools_changed.notify_one();
+        std::future::ready(())
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("goose-api", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+/// A connected MCP server.
+pub struct Connection {
+    peer: Peer<RoleClient>,
+    stop: Option<RunningServiceCancellationToken>,
+    service_task: JoinHandle<Result<QuitReason, JoinError>>,
+    service_ended: bool,
+    /// The server process, for stdio extensions.
+    pub process: Option<ServerProcess>,
+    /// Notified when the server reports a changed tool list.
+    pub tools_changed: Arc<Notify>,
+}
+
+/// A failure to connect. The message names the extension's problem and
+/// includes the stderr tail where there is one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+/// Starts or reaches the server of `config` and completes the initialize handshake.
+/// A stdio server still in its handshake when `stop` fires is stopped and reaped.
+pub async fn connect(
+    name: &str,
+    config: &ExtensionConfig,
+    tail: &StderrTail,
+    stop: &CancellationToken,
+) -> Result<Connection, ConnectError> {
+    let limit = Duration::from_secs(config.timeout).min(MAX_HANDSHAKE);
+    let handler = Handler::default();
+    let tools_changed = handler.tools_changed.clone();
+    match config.kind {
+        ExtensionKind::Stdio => connect_stdio(name, config, tail, handler, limit, stop).await,
+        ExtensionKind::StreamableHttp => {
+            let transport = streamable_http_transport(config)?;
+            let service = handshake(handler.serve(transport), limit).await?;
+            Ok(Connection::new(service, None, tools_changed))
+        }
+        ExtensionKind::Sse => {
+            let transport = SseTransport::connect(config, limit)
+                .await
+                .map_err(|error| ConnectError(error.to_string()))?;
+            let service = handshake(handler.serve(transport), limit).await?;
+            Ok(Connection::new(service, None, tools_changed))
+        }
+        ExtensionKind::Builtin | ExtensionKind::Plugin => Err(ConnectError(
+            "native plugins are not supported yet; remove this extension or use an MCP \
+             server"
+                .to_owned(),
+        )),
+    }
+}
+
+async fn handshake<F, E>(
+    serving: F,
+    limit: Duration,
+) -> Result<RunningService<RoleClient, Handler>, ConnectError>
+where
+    F: Future<Output = Result<RunningService<RoleClient, Handler>, E>>,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(limit, serving).await {
+        Ok(Ok(service)) => Ok(service),
+        Ok(Err(error)) => Err(ConnectError(format!(
+            "the initialize handshake failed: {error}"
+        ))),
+        Err(_) => Err(ConnectError(format!(
+            "the server did not respond to the initialize request within {} s",
+            limit.as_secs()
+        ))),
+    }
+}
+
+/// Outcome of the handshake with a stdio server.
+enum StdioHandshake {
+    Done(Result<RunningService<RoleClient, Handler>, ConnectError>),
+    Exited,
+    Stopped,
+}
+
+async fn connect_stdio(
+    name: &str,
+    config: &ExtensionConfig,
+    tail: &StderrTail,
+    handler: Handler,
+    limit: Duration,
+    stop: &CancellationToken,
+) -> Result<Connection, ConnectError> {
+    let tools_changed = handler.tools_changed.clone();
+    let program = config.cmd.as_deref().unwrap_or_default();
+    let (mut server, stdout, stdin) = process::spawn(name, config, tail.clone())
+        .map_err(|error| ConnectError(format!("cannot start {program:?}: {error}")))?;
+    tracing::debug!(
+        extension = name,
+        pid = server.pid(),
+        "MCP server process started"
+    );
+    let outcome = tokio::select! {
+        result = handshake(handler.serve((stdout, stdin)), limit) => StdioHandshake::Done(result),
+        _ = server.exited() => StdioHandshake::Exited,
+        () = stop.cancelled() => StdioHandshake::Stopped,
+    };
+    let failure = match outcome {
+        StdioHandshake::Done(Ok(service)) => {
+            return Ok(Connection::new(service, Some(server), tools_changed));
+        }
+        StdioHandshake::Done(Err(error)) => match server.exited_within(EXIT_AFTER_CLOSE).await {
+            Some(_) => None,
+            None => Some(error),
+        },
+        StdioHandshake::Exited => None,
+        StdioHandshake::Stopped => Some(ConnectError(
+            "the extension was stopped during the initialize handshake".to_owned(),
+        )),
+    };
+    let status = server.stop().await;
+    let reason = failure.map_or_else(
+        || {
+            format!(
+                "the server {} during the initialize handshake",
+                process::describe_exit(status)
+            )
+        },
+        |error| error.0,
+    );
+    Err(ConnectError(with_stderr(reason, tail)))
+}
+
+/// Appends the stderr tail to `message`, when there is one.
+pub fn with_stderr(message: String, tail: &StderrTail) -> String {
+    let lines = tail.joined();
+    if lines.is_empty() {
+        message
+    } else {
+        format!("{message}; stderr:\n{lines}")
+    }
+}
+
+fn streamable_http_transport(
+    config: &ExtensionConfig,
+) -> Result<StreamableHttpClientTransport<reqwest::Client>, ConnectError> {
+    let uri = config.uri.clone().unwrap_or_default();
+    let headers = header_map(config)?;
+    let settings = StreamableHttpClientTransportConfig::with_uri(uri).custom_headers(headers);
+    Ok(StreamableHttpClientTransport::with_client(
+        reqwest::Client::new(),
+        settings,
+    ))
+}
+
+/// Converts the configured headers; validation has already checked them.
+pub fn header_map(
+    config: &ExtensionConfig,
+) -> Result<HashMap<HeaderName, HeaderValue>, ConnectError> {
+    let mut headers = HashMap::new();
+    for (name, value) in &config.headers {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConnectError(format!("invalid header name {name:?}")))?;
+        // The message names the header only, because its value may be a credential.
+        let value = HeaderValue::from_str(value.expose())
+            .map_err(|_| ConnectError(format!("invalid value of header {name}")))?;
+        headers.insert(header, value);
+    }
+    Ok(headers)
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("process", &self.process)
+            .field("service_ended", &self.service_ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn new(
+        service: RunningService<RoleClient, Handler>,
+        process: Option<ServerProcess>,
+        tools_changed: Arc<Notify>,
+    ) -> Self {
+        let peer = service.peer().clone();
+        let stop = Some(service.cancellation_token());
+        Self {
+            peer,
+            stop,
+            service_task: tokio::spawn(service.waiting()),
+            service_ended: false,
+            process,
+            tools_changed,
+        }
+    }
+
+    /// Returns a handle that calls the server while the supervisor owns the connection.
+    pub fn peer(&self) -> Peer<RoleClient> {
+        self.peer.clone()
+    }
+
+    /// Waits until the server exits or the connection's message loop ends, for example
+    /// because the HTTP stream failed. Returns a description of why. Cancel-safe.
+    pub async fn closed(&mut self) -> String {
+        let ended = match &mut self.process {
+            Some(server) if !self.service_ended => tokio::select! {
+                status = server.exited() => {
+                    return format!("the server {}", process::describe_exit(status.ok()));
+                }
+                ended = &mut self.service_task => ended,
+            },
+            Some(server) => {
+                let status = server.exited().await.ok();
+                return format!("the server {}", process::describe_exit(status));
+            }
+            None if !self.service_ended => (&mut self.service_task).await,
+            None => return "the connection to the server closed".to_owned(),
+        };
+        self.service_ended = true;
+        match (ended, &mut self.process) {
+            (_, Some(server)) => match server.exited_within(EXIT_AFTER_CLOSE).await {
+                Some(status) => format!("the server {}", process::describe_exit(Some(status))),
+                None => "the server closed its stdout".to_owned(),
+            },
+            (Ok(reason), None) => format!("the connection to the server closed ({reason:?})"),
+            (Err(error), None) => format!("the MCP client task failed: {error}"),
+        }
+    }
+
+    /// Closes the connection, which closes a stdio server's stdin, then stops and reaps
+    /// the server. Returns how the server process ended, for stdio servers.
+    pub async fn shutdown(mut self) -> Option<String> {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+        if !self.service_ended {
+            // After a cancel, rmcp 3.11 drains in-flight responses for up to 2 s and keeps
+            // the transport open meanwhile. That would delay closing the server's stdin.
+            match tokio::time::timeout(CLIENT_CLOSE_GRACE, &mut self.service_task).await {
+                Ok(Err(error)) => tracing::debug!(%error, "MCP client task ended abnormally"),
+                Ok(Ok(_)) => {}
+                Err(_) => self.service_task.abort(),
+            }
+        }
+        let server = self.process.take()?;
+        Some(process::describe_exit(server.stop().await))
+    }
+}
+
+/// Calls `tool` through `peer`, cancelling the request on the server when `limit` passes
+/// or `cancel` fires.
+pub async fn call_tool(
+    peer: &Peer<RoleClient>,
+    tool: &str,
+    arguments: serde_json::Value,
+    limit: Duration,
+    cancel: CancellationToken,
+) -> Result<ToolOutput, ToolError> {
+    let arguments = match arguments {
+        serde_json::Value::Object(map) => Some(map),
+        serde_json::Value::Null => None,
+        other => {
+            return Err(ToolError::InvalidArguments(format!(
+                "arguments must be a JSON object, found {}",
+                super::convert::kind_of(&other)
+            )));
+        }
+    };
+    let mut params = CallToolRequestParams::new(tool.to_owned());
+    params.arguments = arguments;
+    // Dropping the call future sends `notifications/cancelled` for the request.
+    let result = tokio::select! {
+        result = tokio::time::timeout(limit, peer.call_tool(params)) => result,
+        () = cancel.cancelled() => return Err(ToolError::Cancelled),
+    };
+    match result {
+        Ok(Ok(result)) => Ok(super::convert::tool_output(&result)),
+        Ok(Err(error)) => Err(super::convert::service_error(error)),
+        Err(_) => Err(ToolError::TimedOut {
+            secs: limit.as_secs(),
+        }),
+    }
+}

@@ -1,0 +1,227 @@
+//! The shared state of one extension: its definition, lifecycle state, tools and the
+//! connection calls go through. The supervisor writes it; calls and status routes read it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use rmcp::RoleClient;
+use rmcp::service::Peer;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::definition::{Definition, Source};
+use super::stderr::StderrTail;
+use crate::tools::ToolDefinition;
+
+/// Lifecycle state of an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The server is starting or the handshake is in progress.
+    Starting,
+    /// The server completed the handshake and its tools are listed.
+    Running,
+    /// The server crashed or could not start; it is restarted after a backoff.
+    Failed,
+    /// The extension is disabled, removed or the daemon is shutting down.
+    Stopped,
+}
+
+impl State {
+    /// Returns the state's name as the status route shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Values the supervisor changes while an extension runs.
+#[derive(Debug)]
+struct Runtime {
+    state: State,
+    restarts: u32,
+    last_error: Option<String>,
+    tools: Vec<ToolDefinition>,
+    peer: Option<Peer<RoleClient>>,
+}
+
+/// One extension's shared state.
+#[derive(Debug)]
+pub struct Slot {
+    /// Extension name.
+    pub name: String,
+    definition: ArcSwap<Definition>,
+    runtime: Mutex<Runtime>,
+    /// Last lines of a stdio server's stderr.
+    pub tail: StderrTail,
+}
+
+/// Status of one extension, as `GET /extensions/{name}` returns it. Never contains the
+/// values of `envs` or `headers`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExtensionStatus {
+    /// Extension name.
+    pub name: String,
+    /// Transport: `stdio`, `streamable_http`, `sse`, `builtin` or `plugin`.
+    #[serde(rename = "type")]
+    #[schema(value_type = String)]
+    pub kind: crate::config::ExtensionKind,
+    /// Where it is defined.
+    pub source: Source,
+    /// The manifest file, for extensions from the directory.
+    pub file: Option<String>,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// Lifecycle state.
+    pub state: State,
+    /// Names of the tools offered to the agent, after `available_tools`.
+    pub tools: Vec<String>,
+    /// Restarts after a crash or failed start since the definition was loaded.
+    pub restarts: u32,
+    /// Seconds each tool call may take.
+    pub timeout: u64,
+    /// Reason of the last failure, with the stderr tail for stdio servers.
+    pub last_error: Option<String>,
+    /// Last lines the server wrote to stderr.
+    pub stderr_tail: Vec<String>,
+}
+
+impl Slot {
+    /// Creates the state of an extension that has not started.
+    pub fn new(definition: Definition) -> Arc<Self> {
+        Arc::new(Self {
+            name: definition.name.clone(),
+            definition: ArcSwap::from_pointee(definition),
+            runtime: Mutex::new(Runtime {
+                state: State::Stopped,
+                restarts: 0,
+                last_error: None,
+                tools: Vec::new(),
+                peer: None,
+            }),
+            tail: StderrTail::default(),
+        })
+    }
+
+    /// Returns the current definition.
+    pub fn definition(&self) -> Arc<Definition> {
+        self.definition.load_full()
+    }
+
+    /// Replaces the definition; fields read at call time apply to the next call.
+    pub fn set_definition(&self, definition: Definition) {
+        self.definition.store(Arc::new(definition));
+    }
+
+    /// Marks the extension as starting.
+    pub fn set_starting(&self) {
+        let mut runtime = self.lock();
+        runtime.state = State::Starting;
+        runtime.peer = None;
+    }
+
+    /// Marks the extension as running with `tools`, called through `peer`.
+    pub fn set_running(&self, peer: Peer<RoleClient>, tools: Vec<ToolDefinition>) {
+        let mut runtime = self.lock();
+        runtime.state = State::Running;
+        runtime.peer = Some(peer);
+        runtime.tools = tools;
+    }
+
+    /// Stops routing calls to the connection, which is about to close, and shows `state`
+    /// while it closes.
+    pub fn detach(&self, state: State) {
+        let mut runtime = self.lock();
+        runtime.state = state;
+        runtime.peer = None;
+        runtime.tools.clear();
+    }
+
+    /// Replaces the tool list after the server reported a change.
+    pub fn set_tools(&self, tools: Vec<ToolDefinition>) {
+        self.lock().tools = tools;
+    }
+
+    /// Marks the extension as failed with `error`.
+    pub fn set_failed(&self, error: String) {
+        tracing::error!(extension = %self.name, %error, "extension failed");
+        let mut runtime = self.lock();
+        runtime.state = State::Failed;
+        runtime.last_error = Some(error);
+        runtime.peer = None;
+        runtime.tools.clear();
+    }
+
+    /// Marks the extension as stopped, keeping its last error.
+    pub fn set_stopped(&self) {
+        let mut runtime = self.lock();
+        runtime.state = State::Stopped;
+        runtime.peer = None;
+        runtime.tools.clear();
+    }
+
+    /// Counts a restart after a failure.
+    pub fn count_restart(&self) {
+        self.lock().restarts += 1;
+    }
+
+    /// Returns the connection to call through, or the state that prevents calls.
+    pub fn peer(&self) -> Result<Peer<RoleClient>, (State, Option<String>)> {
+        let runtime = self.lock();
+        runtime
+            .peer
+            .clone()
+            .ok_or_else(|| (runtime.state, runtime.last_error.clone()))
+    }
+
+    /// Returns the tools offered to the agent: the server's tools allowed by
+    /// `available_tools`.
+    pub fn tools(&self) -> Vec<ToolDefinition> {
+        let definition = self.definition();
+        self.lock()
+            .tools
+            .iter()
+            .filter(|tool| definition.allows(&tool.tool))
+            .cloned()
+            .collect()
+    }
+
+    /// Returns whether the server lists `tool` and `available_tools` allows it.
+    pub fn offers(&self, tool: &str) -> bool {
+        self.definition().allows(tool) && self.lock().tools.iter().any(|t| t.tool == tool)
+    }
+
+    /// Returns the status for the HTTP API.
+    pub fn status(&self) -> ExtensionStatus {
+        let definition = self.definition();
+        let tools = self.tools().into_iter().map(|tool| tool.tool).collect();
+        let runtime = self.lock();
+        ExtensionStatus {
+            name: self.name.clone(),
+            kind: definition.config.kind,
+            source: definition.source,
+            file: definition
+                .file
+                .as_ref()
+                .map(|path| path.display().to_string()),
+            enabled: definition.config.enabled,
+            state: runtime.state,
+            tools,
+            restarts: runtime.restarts,
+            timeout: definition.config.timeout,
+            last_error: runtime.last_error.clone(),
+            stderr_tail: self.tail.lines(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Runtime> {
+        // Runtime holds plain values that stay consistent if a holder panicked.
+        self.runtime
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

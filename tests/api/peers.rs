@@ -1,0 +1,189 @@
+//! The MCP servers the extension tests start, and daemon helpers for extensions.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, Daemon, Launch, WAIT};
+
+/// Time allowed for an extension to reach a state; servers started by Node take longest.
+pub const EXTENSION_WAIT: Duration = Duration::from_secs(30);
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Rust MCP server example, which `cargo test` builds with the tests.
+pub fn rust_server() -> String {
+    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_goose-api"));
+    let path = daemon
+        .parent()
+        .map(|dir| dir.join("examples").join("mcp-test-server"))
+        .unwrap_or_default();
+    assert!(
+        path.is_file(),
+        "{} is missing; run `cargo test` without --test, or `cargo build --example \
+         mcp-test-server`",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// The entry point of `@modelcontextprotocol/server-everything`, installed on first use.
+pub fn everything_server() -> String {
+    crate::aimock::install_peers();
+    let path = repository()
+        .join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        path.is_file(),
+        "{} is missing; run .ci/run, or `npm install` in tests/peers",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// The Node preload that makes servers listen on 127.0.0.1 only.
+pub fn loopback_preload() -> String {
+    repository()
+        .join("tests/peers/loopback.cjs")
+        .display()
+        .to_string()
+}
+
+/// The Python interpreter of the test virtual environment and the Python test server.
+pub fn python_server() -> (String, String) {
+    crate::aimock::install_peers();
+    let python = repository().join("tests/peers/venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing; run .ci/run to create the virtual environment",
+        python.display()
+    );
+    let script = repository().join("tests/peers/python_server.py");
+    (python.display().to_string(), script.display().to_string())
+}
+
+/// Returns a launch with `config` and the test process's `PATH`, so servers find `sh`.
+pub fn launch(config: &str) -> Launch {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned());
+    Launch::with_config(config).env("PATH", &path)
+}
+
+/// Returns a YAML manifest of a stdio extension.
+pub fn stdio_manifest(cmd: &str, args: &[&str], extra: &str) -> String {
+    let args = serde_json::to_string(args).expect("arguments as JSON");
+    format!("type: stdio\ncmd: {cmd:?}\nargs: {args}\n{extra}")
+}
+
+impl Daemon {
+    /// Returns `GET /extensions/{name}`, or `Value::Null` when it is not defined.
+    pub async fn extension(&self, name: &str) -> Value {
+        let response = self.get(&format!("/extensions/{name}"), ADMIN_KEY).await;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Value::Null;
+        }
+        response.json().await.expect("extension status JSON")
+    }
+
+    /// Waits until extension `name` satisfies `ready` and returns its status.
+    pub async fn wait_extension(&self, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let status = self.extension(name).await;
+            if ready(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < EXTENSION_WAIT,
+                "extension {name} stayed {status:#}\nlogs:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until extension `name` is running.
+    pub async fn wait_running(&self, name: &str) -> Value {
+        self.wait_extension(name, |status| status["state"] == "running")
+            .await
+    }
+
+    /// Sends `POST path` with a JSON body and `key`.
+    pub async fn post_json(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("x-api-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("send POST")
+    }
+
+    /// Calls a tool through the daemon and returns the status and the JSON body.
+    pub async fn call_tool(&self, name: &str, tool: &str, arguments: Value) -> (StatusCode, Value) {
+        let response = self
+            .post_json(
+                &format!("/extensions/{name}/tools/{tool}"),
+                ADMIN_KEY,
+                &arguments,
+            )
+            .await;
+        let status = response.status();
+        (status, response.json().await.expect("tool call JSON"))
+    }
+
+    /// Calls a tool that must succeed and returns the text of its first part.
+    pub async fn call_text(&self, name: &str, tool: &str, arguments: Value) -> String {
+        let (status, body) = self.call_tool(name, tool, arguments).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["is_error"], json!(false), "{body}");
+        body["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Returns the daemon's process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child_id()).expect("pid fits i32")
+    }
+}
+
+/// Returns whether any process of group `group` exists.
+pub fn group_alive(group: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_ok()
+}
+
+/// Waits until no process of group `group` is left.
+pub async fn wait_group_gone(group: i32) {
+    let started = Instant::now();
+    while group_alive(group) {
+        assert!(
+            started.elapsed() < WAIT,
+            "process group {group} is still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Returns the zombie children of process `pid`, from `/proc`.
+pub fn zombie_children(pid: i32) -> Vec<String> {
+    let mut zombies = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return zombies;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The state follows the parenthesized command name.
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            if state == Some(Some('Z')) {
+                zombies.push(child.to_owned());
+            }
+        }
+    }
+    zombies
+}

@@ -1,0 +1,123 @@
+//! An MCP server over stdio for the integration tests, built with rmcp's server feature.
+//!
+//! Flags: `--banner` prints a non-JSON line on stdout before serving; `--flood N` writes
+//! N lines to stderr while serving.
+
+use std::io::Write;
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+
+#[derive(Debug, Clone)]
+struct TestServer {
+    #[expect(dead_code, reason = "the tool_handler macro reads it")]
+    tool_router: ToolRouter<Self>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    /// Text to return.
+    text: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct SleepArgs {
+    /// Milliseconds to sleep.
+    ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct EnvArgs {
+    /// Variable name.
+    name: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct BigArgs {
+    /// Bytes of text to return.
+    bytes: usize,
+}
+
+#[tool_router]
+impl TestServer {
+    #[tool(description = "Returns its text")]
+    async fn echo(&self, Parameters(args): Parameters<EchoArgs>) -> String {
+        args.text
+    }
+
+    #[tool(description = "Sleeps, and reports a cancellation on stderr")]
+    async fn sleep(
+        &self,
+        Parameters(args): Parameters<SleepArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> String {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(args.ms)) => "slept".to_owned(),
+            () = context.ct.cancelled() => {
+                eprintln!("sleep cancelled");
+                "cancelled".to_owned()
+            }
+        }
+    }
+
+    #[tool(description = "Returns an environment variable, or <unset>")]
+    async fn env(&self, Parameters(args): Parameters<EnvArgs>) -> String {
+        std::env::var(&args.name).unwrap_or_else(|_| "<unset>".to_owned())
+    }
+
+    #[tool(description = "Returns that many bytes of text")]
+    async fn big(&self, Parameters(args): Parameters<BigArgs>) -> String {
+        "x".repeat(args.bytes)
+    }
+
+    #[tool(description = "Returns the server's process id")]
+    async fn pid(&self) -> String {
+        std::process::id().to_string()
+    }
+
+    #[tool(description = "Exits the server in the middle of the call")]
+    async fn crash(&self) -> String {
+        eprintln!("crashing on request");
+        std::process::exit(7);
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for TestServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--banner") {
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "test server 1.0 starting, this line is not JSON")?;
+        stdout.flush()?;
+    }
+    if let Some(index) = args.iter().position(|arg| arg == "--flood") {
+        let lines: usize = args
+            .get(index + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        std::thread::spawn(move || {
+            let mut stderr = std::io::stderr();
+            for line in 0..lines {
+                let _ = writeln!(stderr, "flood line {line} {}", "y".repeat(200));
+            }
+            let _ = writeln!(stderr, "flood done");
+        });
+    }
+    let server = TestServer {
+        tool_router: TestServer::tool_router(),
+    };
+    let service = server.serve(rmcp::transport::stdio()).await?;
+    service.waiting().await?;
+    Ok(())
+}
