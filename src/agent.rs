@@ -31,10 +31,11 @@ impl ProviderPool {
     pub fn provider_for(&self, snapshot: &Snapshot) -> Result<Arc<GenaiProvider>, ProviderError> {
         let name = &snapshot.config.provider;
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((generation, cached_name, provider)) = cached.as_ref() {
-            if *generation == snapshot.generation && cached_name == name {
-                return Ok(provider.clone());
-            }
+        if let Some((generation, cached_name, provider)) = cached.as_ref()
+            && *generation == snapshot.generation
+            && cached_name == name
+        {
+            return Ok(provider.clone());
         }
         let (kind, config) = resolve(snapshot, name)?;
         let provider = Arc::new(GenaiProvider::new(kind, &config)?);

@@ -394,13 +394,12 @@ fn map_error(error: genai::Error) -> ProviderError {
         return mapped;
     }
     // A failed status on a streaming call arrives wrapped in a stream error.
-    if let genai::Error::WebStream { error: inner, .. } = &error {
-        if let Some(mapped) = inner
+    if let genai::Error::WebStream { error: inner, .. } = &error
+        && let Some(mapped) = inner
             .downcast_ref::<genai::Error>()
             .and_then(map_http_error)
-        {
-            return mapped;
-        }
+    {
+        return mapped;
     }
     match error {
         genai::Error::ChatResponse { body, .. } => {

@@ -88,10 +88,10 @@ fn key_path(name: &str) -> Vec<String> {
 
 fn parse_value(raw: &str) -> Value {
     let trimmed = raw.trim_start();
-    if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        if let Ok(value) = serde_json::from_str::<Value>(raw) {
-            return value;
-        }
+    if (trimmed.starts_with('[') || trimmed.starts_with('{'))
+        && let Ok(value) = serde_json::from_str::<Value>(raw)
+    {
+        return value;
     }
     Value::String(raw.to_owned())
 }

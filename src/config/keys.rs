@@ -72,16 +72,16 @@ impl KeyTable {
                 },
             });
         }
-        if entries.is_empty() {
-            if let Some(key) = generated {
-                entries.push(KeyEntry {
-                    digest: sha256(key.expose()),
-                    caller: Caller {
-                        name: GENERATED_KEY_NAME.to_owned(),
-                        role: Role::Admin,
-                    },
-                });
-            }
+        if entries.is_empty()
+            && let Some(key) = generated
+        {
+            entries.push(KeyEntry {
+                digest: sha256(key.expose()),
+                caller: Caller {
+                    name: GENERATED_KEY_NAME.to_owned(),
+                    role: Role::Admin,
+                },
+            });
         }
         Self { entries }
     }

@@ -25,12 +25,12 @@ pub fn tool_output(result: &CallToolResult) -> ToolOutput {
         Ok(Value::Array(items)) => items.iter().map(content_part).collect(),
         _ => Vec::new(),
     };
-    if content.is_empty() {
-        if let Some(structured) = &result.structured_content {
-            content.push(ToolContent::Text {
-                text: structured.to_string(),
-            });
-        }
+    if content.is_empty()
+        && let Some(structured) = &result.structured_content
+    {
+        content.push(ToolContent::Text {
+            text: structured.to_string(),
+        });
     }
     ToolOutput { content, is_error }
 }

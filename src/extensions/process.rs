@@ -137,10 +137,10 @@ impl ServerProcess {
     async fn wait_group_gone(&mut self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if self.exit.is_none() {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    self.exit = Some(status);
-                }
+            if self.exit.is_none()
+                && let Ok(Some(status)) = self.child.try_wait()
+            {
+                self.exit = Some(status);
             }
             if !self.group_alive() {
                 return true;

@@ -138,11 +138,11 @@ impl Member {
 
     async fn stop(mut self) -> Arc<Slot> {
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            if let Err(error) = task.await {
-                tracing::error!(extension = %self.slot.name, %error, "extension supervisor failed");
-                self.slot.set_stopped();
-            }
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(extension = %self.slot.name, %error, "extension supervisor failed");
+            self.slot.set_stopped();
         }
         self.slot
     }

@@ -78,10 +78,10 @@ impl SseTransport {
         let (sender, incoming) = mpsc::channel(CHANNEL_CAPACITY);
         let reader = tokio::spawn(async move {
             while let Some(Ok(event)) = events.next().await {
-                if let Some(message) = parse_message(&event) {
-                    if sender.send(message).await.is_err() {
-                        break;
-                    }
+                if let Some(message) = parse_message(&event)
+                    && sender.send(message).await.is_err()
+                {
+                    break;
                 }
             }
         });

@@ -406,10 +406,10 @@ pub async fn session_reply(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
     let heartbeat = Duration::from_secs(state.config.current().config.sessions.sse_heartbeat_secs);
-    if let (true, Some(after)) = (streaming, last_event_id) {
-        if let Some(log) = state.sessions.resume(&caller, &id).await? {
-            return Ok(event_stream(log.follow(after), heartbeat));
-        }
+    if let (true, Some(after)) = (streaming, last_event_id)
+        && let Some(log) = state.sessions.resume(&caller, &id).await?
+    {
+        return Ok(event_stream(log.follow(after), heartbeat));
     }
     let ticket = state
         .sessions

@@ -304,10 +304,10 @@ fn collect_lines(
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if let Some(sender) = &address {
-                if let Some(addr) = listening_address(&line) {
-                    let _ = sender.send(addr);
-                }
+            if let Some(sender) = &address
+                && let Some(addr) = listening_address(&line)
+            {
+                let _ = sender.send(addr);
             }
             lines.lock().expect("output lines").push(line);
         }
