@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 
 pub use genai_provider::GenaiProvider;
 pub use message::{ContentPart, Message, Role};
-pub use provider::{Completion, CompletionRequest, Provider, ProviderError, ToolChoice, Usage};
+pub use provider::{
+    Completion, CompletionFuture, CompletionRequest, Provider, ProviderError, TextSink, ToolChoice,
+    Usage,
+};
 pub use retry::DEFAULT_MAX_RETRIES;
 pub use turn::{Turn, TurnEnd, TurnEvent, TurnOutcome, TurnSettings};
 

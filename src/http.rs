@@ -36,6 +36,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Sessions and their turns.
     pub sessions: std::sync::Arc<crate::sessions::SessionManager>,
+    /// Prometheus metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Tools, with calls in flight counted per extension.
     pub tools: std::sync::Arc<crate::tools::CountingTools>,
     /// The extensions and their tools.
@@ -81,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/provider/config", get(routes::provider_config))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(routes::metrics))
+        .route("/metrics/prometheus", get(routes::prometheus_metrics))
         .route("/session/start", post(sessions::start))
         .route("/session/reply", post(sessions::reply))
         .route("/session/summarize", post(sessions::summarize))
@@ -115,6 +118,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id_header()))
+        .layer(from_fn_with_state(
+            state.clone(),
+            middleware::record_request,
+        ))
         .layer(from_fn(middleware::log_errors))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(from_fn_with_state(

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod extensions;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod sessions;
 pub mod shutdown;

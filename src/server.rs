@@ -11,12 +11,14 @@ use std::sync::Arc;
 use crate::config::{self, ConfigHandle};
 use crate::extensions::Registry;
 use crate::http::{self, AppState, Readiness};
+use crate::metrics::Metrics;
 use crate::sessions::SessionManager;
 use crate::store::Store;
 use crate::tools::CountingTools;
 
-/// How often idle sessions are looked for.
-const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest time between looks for idle sessions; shorter idle timeouts are checked at half
+/// their length.
+const MAX_IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,18 +43,24 @@ pub async fn run(
     let store = Store::open(store_url.expose(), &working_dir)
         .await
         .with_context(|| format!("cannot open the session store {store_url}"))?;
+    let metrics = Arc::new(Metrics::new().context("while registering the metrics")?);
     let extensions = Registry::start(config.clone());
-    let tools = Arc::new(CountingTools::new(Arc::new(extensions.clone())));
+    let tools = Arc::new(CountingTools::new(
+        Arc::new(extensions.clone()),
+        metrics.clone(),
+    ));
     let sessions = Arc::new(SessionManager::new(
         store.clone(),
         config.clone(),
         tools.clone(),
+        metrics.clone(),
     ));
-    let sweeper = spawn_idle_sweeper(sessions.clone(), shutdown.child_token());
+    let sweeper = spawn_idle_sweeper(sessions.clone(), config.clone(), shutdown.child_token());
     let state = AppState {
         config: config.clone(),
         readiness: readiness.clone(),
         sessions: sessions.clone(),
+        metrics,
         tools,
         extensions: extensions.clone(),
     };
@@ -113,14 +121,17 @@ pub async fn run(
 
 fn spawn_idle_sweeper(
     sessions: Arc<SessionManager>,
+    config: ConfigHandle,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(IDLE_SWEEP_INTERVAL);
         loop {
+            let idle = config.current().config.sessions.idle_timeout_secs;
+            let interval =
+                Duration::from_millis(idle.saturating_mul(500)).min(MAX_IDLE_SWEEP_INTERVAL);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticks.tick() => {
+                _ = tokio::time::sleep(interval) => {
                     let released = sessions.release_idle();
                     if released > 0 {
                         tracing::debug!(released, "released idle sessions");

@@ -122,6 +122,7 @@ pub struct SessionManager {
     config: ConfigHandle,
     providers: ProviderPool,
     tools: Arc<dyn ToolSource>,
+    metrics: Arc<crate::metrics::Metrics>,
     live: Mutex<HashMap<String, Arc<LiveSession>>>,
 }
 
@@ -135,12 +136,18 @@ impl std::fmt::Debug for SessionManager {
 
 impl SessionManager {
     /// Creates the manager.
-    pub fn new(store: Store, config: ConfigHandle, tools: Arc<dyn ToolSource>) -> Self {
+    pub fn new(
+        store: Store,
+        config: ConfigHandle,
+        tools: Arc<dyn ToolSource>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             store,
             config,
             providers: ProviderPool::default(),
             tools,
+            metrics,
             live: Mutex::new(HashMap::new()),
         }
     }

@@ -147,6 +147,7 @@ pub trait ToolSource: Send + Sync {
 pub struct CountingTools {
     inner: std::sync::Arc<dyn ToolSource>,
     pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for CountingTools {
@@ -156,11 +157,15 @@ impl std::fmt::Debug for CountingTools {
 }
 
 impl CountingTools {
-    /// Wraps `inner`.
-    pub fn new(inner: std::sync::Arc<dyn ToolSource>) -> Self {
+    /// Wraps `inner`, recording each call's outcome in `metrics`.
+    pub fn new(
+        inner: std::sync::Arc<dyn ToolSource>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             inner,
             pending: std::sync::Mutex::default(),
+            metrics,
         }
     }
 
@@ -215,7 +220,19 @@ impl ToolSource for CountingTools {
                 tools: self,
                 extension,
             };
-            self.inner.call(extension, tool, arguments, cancel).await
+            let result = self.inner.call(extension, tool, arguments, cancel).await;
+            let outcome = match &result {
+                Ok(output) if output.is_error => "tool_error",
+                Ok(_) => "ok",
+                Err(ToolError::TimedOut { .. }) => "timeout",
+                Err(ToolError::Cancelled) => "cancelled",
+                Err(_) => "failed",
+            };
+            self.metrics
+                .tool_calls
+                .with_label_values(&[extension, outcome])
+                .inc();
+            result
         })
     }
 }

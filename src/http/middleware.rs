@@ -89,6 +89,28 @@ pub async fn time_limit(req: Request, next: Next) -> Result<Response, ApiError> 
         .map_err(|_| ApiError::Timeout { secs })
 }
 
+/// Counts each request and its latency by matched route, method and status.
+pub async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let metrics = &state.metrics;
+    metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
 /// Logs the cause of every 5xx once, with the request id, and client errors at debug.
 pub async fn log_errors(req: Request, next: Next) -> Response {
     let request_id = req

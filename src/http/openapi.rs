@@ -19,6 +19,7 @@ use super::{extensions, routes, sessions};
         routes::config_status,
         routes::config_reload,
         routes::metrics,
+        routes::prometheus_metrics,
         sessions::start,
         sessions::reply,
         sessions::summarize,

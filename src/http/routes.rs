@@ -227,3 +227,37 @@ pub async fn metrics(
         pending_requests: state.tools.pending(),
     })
 }
+
+/// Every metric in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics/prometheus", tag = "daemon",
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn prometheus_metrics(
+    State(state): State<AppState>,
+) -> impl axum::response::IntoResponse {
+    let metrics = &state.metrics;
+    let (live, _running) = state.sessions.live_counts();
+    metrics
+        .live_sessions
+        .set(i64::try_from(live).unwrap_or(i64::MAX));
+    let status = state.config.status();
+    metrics.set_reload_totals(status.applied, status.rejected);
+    metrics.extensions.reset();
+    for state_name in ["starting", "running", "failed", "stopped"] {
+        metrics.extensions.with_label_values(&[state_name]).set(0);
+    }
+    for extension in state.extensions.statuses() {
+        let label = format!("{:?}", extension.state).to_lowercase();
+        metrics
+            .extensions
+            .with_label_values(&[label.as_str()])
+            .inc();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}

@@ -12,8 +12,10 @@ use super::{
 };
 use crate::agent::history::{CANCELLED_RESULT, summary_message};
 use crate::agent::{
-    ContentPart, Message, Role, ToolChoice, Turn, TurnEvent, TurnSettings, Usage, turn_settings,
+    ContentPart, Message, Provider, Role, ToolChoice, Turn, TurnEvent, TurnSettings, Usage,
+    turn_settings,
 };
+use crate::metrics::MeteredProvider;
 use crate::store::SessionRecord;
 
 /// Stores the prompt, then runs the turn on a task of its own, so a streaming client may
@@ -46,6 +48,7 @@ pub(super) async fn begin(
         cancel: cancel.clone(),
         result: result_rx,
     };
+    manager.metrics.running_turns.inc();
     tokio::spawn(async move {
         let result = drive(
             &manager,
@@ -70,6 +73,16 @@ pub(super) async fn begin(
             }
         }
         events.log.finish();
+        let outcome = match &result {
+            Ok(report) => format!("{:?}", report.end).to_lowercase(),
+            Err(_) => "error".to_owned(),
+        };
+        manager
+            .metrics
+            .turns
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        manager.metrics.running_turns.dec();
         live.touch();
         drop(conversation);
         // The client may have gone away, which is fine: the turn is stored.
@@ -122,6 +135,18 @@ async fn close_open_requests(
     Ok(())
 }
 
+fn metered_provider(
+    manager: &SessionManager,
+    snapshot: &crate::config::Snapshot,
+) -> Result<MeteredProvider, SessionError> {
+    let provider: Arc<dyn Provider> = manager.providers.provider_for(snapshot)?;
+    Ok(MeteredProvider::new(
+        provider,
+        manager.metrics.clone(),
+        &snapshot.config.provider,
+    ))
+}
+
 fn settings_for(
     manager: &SessionManager,
     record: &SessionRecord,
@@ -152,7 +177,7 @@ async fn drive(
 ) -> Result<TurnReport, SessionError> {
     let record = live.record();
     let (settings, snapshot) = settings_for(manager, &record, tool_choice);
-    let provider = manager.providers.provider_for(&snapshot)?;
+    let provider = metered_provider(manager, &snapshot)?;
     let (sender, receiver) = mpsc::unbounded_channel();
     let on_event = move |event: TurnEvent| {
         // The receiver lives until the turn ends, so a failed send cannot happen.
@@ -162,7 +187,7 @@ async fn drive(
     let Conversation { history, seqs } = conversation;
     let run = async {
         let turn = Turn {
-            provider: provider.as_ref(),
+            provider: &provider,
             tools: manager.tools.as_ref(),
             settings: &settings,
             on_event: &on_event,
@@ -301,11 +326,11 @@ pub(super) async fn summarize(
         )));
     }
     let (settings, snapshot) = settings_for(manager, record, None);
-    let provider = manager.providers.provider_for(&snapshot)?;
+    let provider = metered_provider(manager, &snapshot)?;
     let ignore = |_: TurnEvent| {};
     let cancel = CancellationToken::new();
     let turn = Turn {
-        provider: provider.as_ref(),
+        provider: &provider,
         tools: manager.tools.as_ref(),
         settings: &settings,
         on_event: &ignore,

@@ -702,3 +702,96 @@ print(response.json())
     assert!(lines[2].starts_with("{'extensions': ["), "{}", lines[2]);
     assert_eq!(lines[3], "{'provider': 'openai', 'model': 'gpt-4o'}");
 }
+
+#[tokio::test]
+async fn metrics_count_sessions_and_turns() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let (_, started) = post(
+        &daemon,
+        "/session/start",
+        ALICE_KEY,
+        json!({"prompt": "hello there"}),
+    )
+    .await;
+    let id = started["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let unauthenticated = daemon
+        .http
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let (status, metrics) = get_json(&daemon, "/metrics", ALICE_KEY).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(metrics["active_sessions"], 1, "{metrics}");
+    assert_eq!(metrics["session_messages"][id.as_str()], 2, "{metrics}");
+    assert!(metrics["pending_requests"].is_object(), "{metrics}");
+    let (_, for_bob) = get_json(&daemon, "/metrics", BOB_KEY).await;
+    assert_eq!(
+        for_bob["session_messages"],
+        json!({}),
+        "bob sees no counts of alice's session"
+    );
+
+    let text = daemon
+        .get("/metrics/prometheus", ALICE_KEY)
+        .await
+        .text()
+        .await
+        .expect("body");
+    for expected in [
+        "goose_api_turns_total{outcome=\"answered\"} 1",
+        "goose_api_provider_calls_total{outcome=\"ok\",provider=\"openai\"} 1",
+        "goose_api_http_requests_total{method=\"POST\",route=\"/session/start\",status=\"200\"} 1",
+        "goose_api_http_request_duration_seconds_bucket{route=\"/session/start\"",
+        "goose_api_live_sessions 1",
+        "goose_api_tokens_total{direction=\"input\"}",
+        "goose_api_config_reloads_total",
+        "goose_api_extensions{state=\"running\"} 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn idle_session_is_released_and_reloaded() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "sessions:\n  idle_timeout_secs: 1\n")).await;
+    let (_, started) = post(
+        &daemon,
+        "/session/start",
+        ALICE_KEY,
+        json!({"prompt": "hello there"}),
+    )
+    .await;
+    let id = started["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let began = Instant::now();
+    loop {
+        let (_, metrics) = get_json(&daemon, "/metrics", ALICE_KEY).await;
+        if metrics["active_sessions"] == 0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < WAIT,
+            "the idle session was not released: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = json!({"session_id": id, "prompt": "second question"});
+    let (status, replied) = post(&daemon, "/session/reply", ALICE_KEY, body).await;
+    assert_eq!(status, StatusCode::OK, "{replied}");
+    let (_, detail) = get_json(&daemon, &format!("/sessions/{id}"), ALICE_KEY).await;
+    assert_eq!(
+        detail["messages"].as_array().map(Vec::len),
+        Some(4),
+        "history was loaded back"
+    );
+}
