@@ -1,5 +1,6 @@
 //! Integration tests: the real daemon binary on port 0, real files, real signals.
 
+mod agent_tools;
 #[path = "../agent/aimock.rs"]
 mod aimock;
 mod auth;

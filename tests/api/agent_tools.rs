@@ -1,0 +1,132 @@
+//! Agent turns that call MCP tools, and provider settings changed while sessions run.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::aimock::Aimock;
+use crate::helpers::{ADMIN_KEY, Daemon, rename_save};
+use crate::peers::{launch, rust_server};
+
+const FIXTURES: &str = r#"{"fixtures": [
+  {"match": {"toolResultContains": "ping-42"}, "response": {"content": "The tool said ping-42."}},
+  {"match": {"userMessage": "use the echo tool"},
+   "response": {"toolCalls": [{"name": "rust__echo", "arguments": {"text": "ping-42"}}]}},
+  {"match": {"userMessage": "hello"}, "response": {"content": "Hello."}}
+]}"#;
+
+fn config(aimock: &Aimock, model: &str) -> String {
+    format!(
+        "port: 0\napi_key: {ADMIN_KEY}\nprovider: openai\nmodel: {model}\nproviders:\n  openai:\n    \
+         base_url: {}/v1\nextensions:\n  rust:\n    type: stdio\n    cmd: {:?}\nlog:\n  format: json\n",
+        aimock.url,
+        rust_server()
+    )
+}
+
+fn start_aimock() -> (Aimock, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fixtures = dir.path().join("fixtures.json");
+    std::fs::write(&fixtures, FIXTURES).expect("write fixtures");
+    (Aimock::start_with(&fixtures, &[]), dir)
+}
+
+async fn post(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = daemon
+        .http
+        .post(daemon.url(path))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("send POST");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn turn_calls_mcp_tool_and_answers() {
+    let (aimock, _fixtures) = start_aimock();
+    let daemon = Daemon::launch(launch(&config(&aimock, "mock-model"))).await;
+    daemon.wait_running("rust").await;
+
+    let (status, answer) = post(
+        &daemon,
+        "/session/start",
+        json!({"prompt": "use the echo tool"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["message"], "The tool said ping-42.");
+    let id = answer["session_id"].as_str().unwrap_or_default().to_owned();
+    let detail: Value = daemon
+        .get(&format!("/sessions/{id}"), ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .expect("session JSON");
+    let messages = detail["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(messages.len(), 4, "{detail}");
+    assert_eq!(messages[1]["content"][0]["type"], "tool_request");
+    assert_eq!(messages[1]["content"][0]["name"], "rust__echo");
+    assert_eq!(messages[2]["role"], "tool");
+    assert_eq!(messages[2]["content"][0]["content"][0]["text"], "ping-42");
+    assert_eq!(messages[2]["content"][0]["is_error"], false);
+
+    let extensions: Value = daemon
+        .get("/extensions/list", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(extensions, json!({"extensions": ["rust"]}));
+}
+
+#[tokio::test]
+async fn session_limited_to_other_extensions_cannot_call_tool() {
+    let (aimock, _fixtures) = start_aimock();
+    let daemon = Daemon::launch(launch(&config(&aimock, "mock-model"))).await;
+    daemon.wait_running("rust").await;
+    let body = json!({"prompt": "hello", "extensions": ["missing"]});
+    let (status, error) = post(&daemon, "/session/start", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn model_change_applies_to_next_turn() {
+    let (aimock, _fixtures) = start_aimock();
+    let daemon = Daemon::launch(launch(&config(&aimock, "model-one"))).await;
+    let (status, _) = post(&daemon, "/session/start", json!({"prompt": "hello"})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    rename_save(&daemon.path("config.yaml"), &config(&aimock, "model-two"));
+    daemon.wait_for_model("model-two").await;
+    let (status, _) = post(&daemon, "/session/reply", json!({"prompt": "hello"})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let journal: Value = daemon
+        .http
+        .get(format!("{}/__aimock/journal", aimock.url))
+        .send()
+        .await
+        .expect("read the aimock journal")
+        .json()
+        .await
+        .expect("journal JSON");
+    let entries = journal
+        .as_array()
+        .or_else(|| journal["entries"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let models: Vec<String> = entries
+        .iter()
+        .filter_map(|entry| entry["body"]["model"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(models, ["model-one", "model-two"], "{journal}");
+}
