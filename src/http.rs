@@ -79,11 +79,17 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready));
-    let user = Router::new()
+    // Routes answered from memory need no timer; the others do I/O or run turns.
+    let user_instant = Router::new()
         .route("/provider/config", get(routes::provider_config))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(routes::metrics))
         .route("/metrics/prometheus", get(routes::prometheus_metrics))
+        .route("/extensions/list", get(extensions::list_names))
+        .route("/extensions", get(extensions::list))
+        .route("/extensions/{name}", get(extensions::show))
+        .route_layer(from_fn(middleware::authenticate));
+    let user_timed = Router::new()
         .route("/session/start", post(sessions::start))
         .route("/session/reply", post(sessions::reply))
         .route("/session/summarize", post(sessions::summarize))
@@ -95,13 +101,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sessions/{id}/reply", post(sessions::session_reply))
         .route("/sessions/{id}/cancel", post(sessions::cancel))
-        .route("/extensions/list", get(extensions::list_names))
-        .route("/extensions", get(extensions::list))
-        .route("/extensions/{name}", get(extensions::show))
         .route(
             "/extensions/{name}/tools/{tool}",
             post(extensions::call_tool),
         )
+        .route_layer(from_fn(middleware::time_limit))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::authenticate));
     let admin = Router::new()
@@ -109,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/config/reload", post(routes::config_reload))
         .route("/extensions/add", post(extensions::add))
         .route("/extensions/remove", post(extensions::remove))
+        .route_layer(from_fn(middleware::time_limit))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::require_admin))
         .route_layer(from_fn(middleware::authenticate));
@@ -118,23 +123,15 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id_header()))
-        .layer(from_fn_with_state(
-            state.clone(),
-            middleware::record_request,
-        ))
-        .layer(from_fn(middleware::log_errors))
+        .layer(from_fn_with_state(state.clone(), middleware::observe))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(from_fn_with_state(
-            state.clone(),
-            middleware::attach_snapshot,
-        ))
         .option_layer(cors_layer(&origins))
-        .layer(DefaultBodyLimit::disable())
-        .layer(from_fn(middleware::time_limit));
+        .layer(DefaultBodyLimit::disable());
 
     Router::new()
         .merge(public)
-        .merge(user)
+        .merge(user_instant)
+        .merge(user_timed)
         .merge(admin)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

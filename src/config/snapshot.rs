@@ -255,7 +255,7 @@ impl ConfigHandle {
         state.status.applied += 1;
         tracing::info!(
             generation,
-            path = ?snapshot.file.as_deref().map(Path::display).map(|p| p.to_string()),
+            path = %snapshot.file.as_deref().map(Path::display).map(|p| p.to_string()).unwrap_or_default(),
             keys = snapshot.keys.len(),
             "config reloaded"
         );
