@@ -19,7 +19,8 @@ pub struct TurnSettings {
     pub model: String,
     /// System prompt, with any session instructions appended.
     pub system_prompt: String,
-    /// Tool choice for the provider calls of this turn.
+    /// Tool choice for the first provider call of this turn; a forced choice falls back to
+    /// `auto` for the calls after it.
     pub tool_choice: ToolChoice,
     /// Most provider calls in one turn.
     pub max_steps: u32,
@@ -202,7 +203,7 @@ impl Turn<'_> {
             model: self.settings.model.clone(),
             system: self.settings.system_prompt.clone(),
             messages: history.to_vec(),
-            tool_choice: self.settings.tool_choice.clone(),
+            tool_choice: self.tool_choice_for(history),
             tools,
         };
         let on_text = |text: &str| (self.on_event)(TurnEvent::TextDelta(text.to_owned()));
@@ -217,6 +218,19 @@ impl Turn<'_> {
             self.provider.complete(&request, &on_text, self.cancel)
         })
         .await
+    }
+
+    /// Returns the tool choice of the next call. A forced choice (`required` or one tool)
+    /// applies to the first call after the prompt only, so that the model can answer from the
+    /// tool's result instead of calling the tool again until the step limit.
+    fn tool_choice_for(&self, history: &[Message]) -> ToolChoice {
+        let first_step = history
+            .last()
+            .is_none_or(|message| message.role == Role::User);
+        match &self.settings.tool_choice {
+            ToolChoice::Required | ToolChoice::Tool(_) if !first_step => ToolChoice::Auto,
+            choice => choice.clone(),
+        }
     }
 
     fn tool_definitions(&self) -> Vec<ToolDefinition> {

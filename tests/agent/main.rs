@@ -806,3 +806,37 @@ async fn two_tool_steps_in_every_wire_format() {
         }
     }
 }
+
+#[tokio::test]
+async fn forced_tool_choice_applies_to_first_step_only() {
+    let mut replies = always_calls("calc__now", "{}", 1);
+    replies.push(openai_text_reply("noon it is"));
+    let server = FakeProvider::start(replies).await;
+    let provider = provider(ProviderKind::Openai, server.url("/v1"));
+    let settings = TurnSettings {
+        tool_choice: ToolChoice::Tool("calc__now".to_owned()),
+        ..settings()
+    };
+    let mut history = vec![Message::user("what time is it")];
+    let (outcome, _) = run(
+        &provider,
+        &TestTools::default(),
+        &settings,
+        &mut history,
+        &CancellationToken::new(),
+    )
+    .await;
+
+    assert_eq!(outcome.expect("turn succeeds").answer, "noon it is");
+    let requests = server.requests();
+    assert_eq!(
+        requests[0].body["tool_choice"]["function"]["name"], "calc__now",
+        "{}",
+        requests[0].body
+    );
+    assert_eq!(
+        requests[1].body["tool_choice"], "auto",
+        "{}",
+        requests[1].body
+    );
+}
