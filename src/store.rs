@@ -312,23 +312,19 @@ impl Store {
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE session_id = $1")
-                .bind(session_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        let seq = last.unwrap_or(0) + 1;
-        sqlx::query(
+        // The first statement writes, so SQLite takes its write lock at once and waits for
+        // a busy writer; a read first would have to upgrade, which fails with "locked".
+        let seq: i64 = sqlx::query_scalar(
             "INSERT INTO messages (session_id, seq, role, content, created_at, summary_through) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM messages \
+             WHERE session_id = $1 RETURNING seq",
         )
         .bind(session_id)
-        .bind(seq)
         .bind(role_name(message.role))
         .bind(content)
         .bind(now)
         .bind(summary_through)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
             "UPDATE sessions SET updated_at = $1, message_count = message_count + 1 \

@@ -7,6 +7,7 @@ mod auth;
 mod edge;
 mod extension_processes;
 mod extensions;
+mod faults;
 mod helpers;
 mod lifecycle;
 mod peers;
