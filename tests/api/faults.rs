@@ -89,7 +89,7 @@ async fn inject_provider_faults(
             .json(&fault)
             .send()
             .await;
-        let disconnects = if round % 3 == 0 { 0.3 } else { 0.0 };
+        let disconnects = if round.is_multiple_of(3) { 0.3 } else { 0.0 };
         let _ = http
             .post(format!("{aimock_url}/__aimock/chaos"))
             .json(&json!({"disconnectRate": disconnects}))
