@@ -9,5 +9,6 @@ mod extensions;
 mod helpers;
 mod lifecycle;
 mod peers;
+mod plugins;
 mod reload;
 mod sessions;

@@ -1,5 +1,5 @@
-//! A small plugin for goose-api's tests: it echoes, sleeps, reports a failure, panics and
-//! names its build.
+//! A small plugin for goose-api's tests: it echoes, sleeps, waits for a file, reports a
+//! failure, panics and names its build.
 
 use std::time::Duration;
 
@@ -35,6 +35,37 @@ pub fn sleep(input: SleepInput) -> String {
     format!("slept {} ms", input.millis)
 }
 
+/// Arguments of `wait_for_file`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct WaitInput {
+    /// File whose existence ends the wait.
+    pub path: String,
+    /// Milliseconds after which the wait gives up.
+    pub max_millis: u64,
+    /// File created when the wait begins, so a test knows the call has arrived.
+    #[serde(default)]
+    pub started: Option<String>,
+}
+
+/// Blocks the calling thread until a file exists, so tests can hold a call in flight for
+/// exactly as long as they need.
+pub fn wait_for_file(input: WaitInput) -> Result<String, String> {
+    if let Some(started) = &input.started {
+        std::fs::write(started, "").map_err(|error| format!("cannot create {started}: {error}"))?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(input.max_millis);
+    while !std::path::Path::new(&input.path).exists() {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not appear in {} ms",
+                input.path, input.max_millis
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(format!("{} exists", input.path))
+}
+
 /// Arguments of `fail`.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct FailInput {
@@ -63,6 +94,7 @@ export_plugin! {
     tools: [
         echo: "Returns the given text unchanged",
         sleep: "Blocks for the given number of milliseconds",
+        wait_for_file: "Blocks until the given file exists or the time limit passes",
         fail: "Reports the given message as a failed result",
         panic: "Panics; for testing how the daemon contains panics",
         build_marker: "Returns the text that identifies this build of the plugin",

@@ -101,15 +101,22 @@ pub fn library_path(name: &str, config: &ExtensionConfig) -> Result<PathBuf, Str
 
 /// Finds a shipped plugin: in the directory of the daemon's executable, where
 /// `cargo build` puts the workspace's plugins, or in its `deps` subdirectory, where
-/// `cargo test` puts them.
+/// `cargo test` puts them, whichever file is newer.
 fn builtin_path(name: &str) -> Result<PathBuf, String> {
     let executable = std::env::current_exe()
         .map_err(|error| format!("cannot find the daemon's executable: {error}"))?;
     let dir = executable.parent().unwrap_or(Path::new("/"));
     let file = format!("{BUILTIN_PREFIX}{}{BUILTIN_SUFFIX}", name.replace('-', "_"));
-    let candidates = [dir.join(&file), dir.join("deps").join(&file)];
-    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
-        return Ok(found.clone());
+    // Both exist after `cargo build` followed by `cargo test`; the newer one is current.
+    let newest = [dir.join(&file), dir.join("deps").join(&file)]
+        .into_iter()
+        .filter_map(|path| {
+            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+            Some((modified, path))
+        })
+        .max();
+    if let Some((_, found)) = newest {
+        return Ok(found);
     }
     let shipped = shipped_names(dir);
     let available = if shipped.is_empty() {
