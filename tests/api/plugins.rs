@@ -86,7 +86,7 @@ fn c_example() -> String {
     std::fs::read_to_string(path).expect("read plugins/c-example/echo.c")
 }
 
-/// Starts a daemon whose extensions directory holds `libraries`, name and bytes.
+/// Starts a daemon whose extensions directory contains `libraries`, name and bytes.
 async fn daemon_with(libraries: &[(&str, Vec<u8>)], extra_config: &str) -> Daemon {
     let mut launch = Launch::with_config(&config_with_key(extra_config));
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -242,7 +242,7 @@ async fn panicking_tool_returns_error_and_daemon_serves() {
     assert_eq!(status["state"], "running");
 }
 
-/// aimock answers: a calc call, then the total; a panic call, then a note of the failure.
+/// aimock returns a calc call and then the total, or a panic call and then a failure note.
 const AGENT_FIXTURES: &str = r#"{"fixtures": [
   {"match": {"toolResultContains": "456"}, "response": {"content": "The total is 456."}},
   {"match": {"userMessage": "add with the plugin"},

@@ -1,7 +1,7 @@
 //! Finding, checking and loading one version of a plugin library. Each version is copied
 //! to a private path named by the SHA-256 of its content before the dynamic loader opens
-//! it, because `dlopen` of a path that is already loaded returns the old code, and a
-//! loaded file overwritten in place crashes the process on its next call.
+//! it. `dlopen` of a path that is already loaded returns the old code, and a loaded file
+//! overwritten in place crashes the process on its next call.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ const BUILTIN_SUFFIX: &str = ".so";
 /// identical libraries share.
 static COPY_LOCK: Mutex<()> = Mutex::new(());
 
-/// What identifies one state of a file on disk; any write or replacement changes it.
+/// Identity of one state of a file on disk, which any write or replacement changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileIdentity {
     device: u64,
@@ -208,9 +208,9 @@ fn check_permissions(file: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The directory of private copies: `goose-api-plugins-<pid>` in the temporary directory,
-/// readable by the daemon's user only, so no other process can swap a copy before it is
-/// opened.
+/// Creates or checks the directory of private copies, `goose-api-plugins-<pid>` in the
+/// temporary directory. Only the daemon's user can use it, so no other process can swap a
+/// copy before it is opened.
 fn private_dir() -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("goose-api-plugins-{}", std::process::id()));
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
