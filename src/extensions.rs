@@ -1,6 +1,6 @@
-//! Extensions: MCP servers declared in the config or dropped into the extensions
-//! directory, kept running by a registry that follows every change, and offered to the
-//! agent as tools.
+//! Extensions: MCP servers and native plugins declared in the config or dropped into the
+//! extensions directory, kept running by a registry that follows every change, and offered
+//! to the agent as tools.
 
 mod changes;
 mod client;
@@ -8,6 +8,7 @@ mod convert;
 pub mod definition;
 pub mod env;
 pub mod manifest;
+mod plugin;
 mod process;
 mod registry;
 mod slot;
@@ -20,4 +21,4 @@ mod watch;
 pub use changes::ChangeError;
 pub use definition::{DefinitionProblem, Source};
 pub use registry::Registry;
-pub use slot::{ExtensionStatus, State};
+pub use slot::{ExtensionStatus, PluginStatus, State};

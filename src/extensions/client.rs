@@ -98,9 +98,7 @@ pub async fn connect(
             Ok(Connection::new(service, None, tools_changed))
         }
         ExtensionKind::Builtin | ExtensionKind::Plugin => Err(ConnectError(
-            "native plugins are not supported yet; remove this extension or use an MCP \
-             server"
-                .to_owned(),
+            "native plugins are loaded by the plugin loader, not as MCP servers".to_owned(),
         )),
     }
 }

@@ -1,5 +1,6 @@
 //! Extension manifests: one file per extension in the extensions directory, named
-//! `<name>.yaml`, `<name>.toml` or `<name>.json`, with the keys of `extensions.<name>`.
+//! `<name>.yaml`, `<name>.toml` or `<name>.json`, with the keys of `extensions.<name>`,
+//! and plugin libraries named `<name>.so`, which define a `plugin` extension each.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,7 +10,9 @@ use serde_json::Value;
 
 use super::definition::DefinitionProblem;
 use crate::config::validate::validate_extension;
-use crate::config::{ExtensionConfig, Format, Problem};
+use crate::config::{
+    ExtensionConfig, ExtensionKind, Format, Problem, model::DEFAULT_EXTENSION_TIMEOUT_SECS,
+};
 
 /// First line of a manifest written by `POST /extensions/add`; it marks the source `api`.
 pub const API_MARKER: &str = "# Added through POST /extensions/add.";
@@ -67,18 +70,25 @@ pub fn scan(dir: &Path) -> Scan {
             return scan;
         }
     };
-    let mut files: Vec<(String, Format, PathBuf)> = entries
+    let mut files: Vec<(String, FileKind, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let file_name = entry.file_name().into_string().ok()?;
-            let (name, format) = manifest_name(&file_name)?;
+            let (name, kind) = match manifest_name(&file_name) {
+                Some((name, format)) => (name, FileKind::Manifest(format)),
+                None => (plugin_name(&file_name)?, FileKind::Library),
+            };
             let path = entry.path();
-            path.is_file().then_some((name, format, path))
+            path.is_file().then_some((name, kind, path))
         })
         .collect();
     files.sort_by(|a, b| a.2.cmp(&b.2));
-    for (name, format, path) in files {
-        match read(&name, format, &path) {
+    for (name, kind, path) in files {
+        let read = match kind {
+            FileKind::Manifest(format) => read(&name, format, &path),
+            FileKind::Library => library(&name, &path),
+        };
+        match read {
             Ok(manifest) => scan.manifests.push(manifest),
             Err(problems) => {
                 let details: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -99,6 +109,56 @@ pub fn scan(dir: &Path) -> Scan {
         }
     }
     scan
+}
+
+/// What a file in the extensions directory defines.
+#[derive(Debug, Clone, Copy)]
+enum FileKind {
+    Manifest(Format),
+    Library,
+}
+
+/// Returns the extension name of a plugin library file name: `calc.so` is `calc`. Hidden
+/// files, such as a copy in progress before its rename, are not plugins.
+pub fn plugin_name(file_name: &str) -> Option<String> {
+    if file_name.starts_with('.') {
+        return None;
+    }
+    file_name
+        .strip_suffix(".so")
+        .filter(|stem| !stem.is_empty())
+        .map(str::to_owned)
+}
+
+/// Defines a `plugin` extension with default settings for a library dropped into the
+/// directory.
+fn library(name: &str, path: &Path) -> Result<Manifest, Vec<Problem>> {
+    let config = ExtensionConfig {
+        kind: ExtensionKind::Plugin,
+        enabled: true,
+        available_tools: None,
+        timeout: DEFAULT_EXTENSION_TIMEOUT_SECS,
+        cmd: None,
+        args: Vec::new(),
+        envs: Default::default(),
+        env_keys: Vec::new(),
+        cwd: None,
+        uri: None,
+        headers: Default::default(),
+        name: None,
+        path: Some(path.to_path_buf()),
+    };
+    let mut problems = Vec::new();
+    validate_extension("", name, &config, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Manifest {
+        name: name.to_owned(),
+        path: path.to_path_buf(),
+        config,
+        added_by_api: false,
+    })
 }
 
 fn read(name: &str, format: Format, path: &Path) -> Result<Manifest, Vec<Problem>> {

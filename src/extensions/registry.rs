@@ -10,10 +10,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::definition::{Definition, DefinitionProblem, desired_set};
+use super::plugin;
 use super::slot::{ExtensionStatus, Slot};
 use super::supervisor;
 use super::watch::{DirectoryWatch, MAX_DELAY, QUIET_PERIOD, settle};
-use crate::config::{ConfigHandle, Snapshot};
+use crate::config::{ConfigHandle, ExtensionKind, Snapshot};
 
 /// Shared handle to the registry, cheap to clone.
 #[derive(Debug, Clone)]
@@ -132,7 +133,7 @@ impl Member {
             .definition()
             .config
             .enabled
-            .then(|| tokio::spawn(supervisor::supervise(slot.clone(), stop.clone())));
+            .then(|| spawn_supervisor(slot.clone(), stop.clone()));
         Self { slot, stop, task }
     }
 
@@ -145,6 +146,17 @@ impl Member {
             self.slot.set_stopped();
         }
         self.slot
+    }
+}
+
+/// Starts the task that keeps `slot` running: the plugin loader for native plugins, the
+/// MCP supervisor for servers.
+fn spawn_supervisor(slot: Arc<Slot>, stop: CancellationToken) -> JoinHandle<()> {
+    match slot.definition().config.kind {
+        ExtensionKind::Builtin | ExtensionKind::Plugin => {
+            tokio::spawn(plugin::supervise(slot, stop))
+        }
+        _ => tokio::spawn(supervisor::supervise(slot, stop)),
     }
 }
 
@@ -254,6 +266,10 @@ impl Reconciler {
             tracing::info!(extension = %name, source = ?definition.source, "extension added");
             self.members
                 .insert(name, Member::start(Slot::new(definition)));
+        }
+        // A plugin's library may have changed without a change of its definition.
+        for member in self.members.values() {
+            member.slot.refresh.notify_one();
         }
         self.publish(desired.problems);
     }

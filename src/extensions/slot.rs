@@ -1,7 +1,8 @@
 //! The shared state of one extension: its definition, lifecycle state, tools and the
 //! connection calls go through. The supervisor writes it; calls and status routes read it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 use rmcp::RoleClient;
@@ -9,7 +10,10 @@ use rmcp::service::Peer;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use tokio::sync::Notify;
+
 use super::definition::{Definition, Source};
+use super::plugin::PluginVersion;
 use super::stderr::StderrTail;
 use crate::tools::ToolDefinition;
 
@@ -47,6 +51,19 @@ struct Runtime {
     last_error: Option<String>,
     tools: Vec<ToolDefinition>,
     peer: Option<Peer<RoleClient>>,
+    /// The plugin version new calls go to, for native plugins.
+    plugin: Option<Arc<PluginVersion>>,
+    /// Earlier plugin versions, alive while calls or hung threads still use them.
+    retired: Vec<Weak<PluginVersion>>,
+}
+
+/// Where a call to a running extension goes.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// An MCP server's connection.
+    Mcp(Peer<RoleClient>),
+    /// A loaded plugin version.
+    Plugin(Arc<PluginVersion>),
 }
 
 /// One extension's shared state.
@@ -58,6 +75,25 @@ pub struct Slot {
     runtime: Mutex<Runtime>,
     /// Last lines of a stdio server's stderr.
     pub tail: StderrTail,
+    /// Plugin calls that timed out or were cancelled and whose thread still runs.
+    pub hung_calls: Arc<AtomicU64>,
+    /// Wakes a plugin's supervisor to check its library file for a new version.
+    pub refresh: Notify,
+}
+
+/// The loaded version of a native plugin, as the status route shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginStatus {
+    /// Plugin name from its manifest.
+    pub name: String,
+    /// Plugin version from its manifest.
+    pub version: String,
+    /// The library file, with symbolic links resolved.
+    pub file: String,
+    /// Hex SHA-256 of the library file, which names its private copy.
+    pub sha256: String,
+    /// Versions still loaded: the current one and older ones that calls still use.
+    pub loaded_versions: usize,
 }
 
 /// Status of one extension, as `GET /extensions/{name}` returns it. Never contains the
@@ -88,6 +124,12 @@ pub struct ExtensionStatus {
     pub last_error: Option<String>,
     /// Last lines the server wrote to stderr.
     pub stderr_tail: Vec<String>,
+    /// The loaded library, for `builtin` and `plugin` extensions that are running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginStatus>,
+    /// Plugin calls that timed out or were cancelled and whose thread still runs the
+    /// plugin's code, because a thread cannot be stopped from outside.
+    pub hung_calls: u64,
 }
 
 impl Slot {
@@ -102,8 +144,12 @@ impl Slot {
                 last_error: None,
                 tools: Vec::new(),
                 peer: None,
+                plugin: None,
+                retired: Vec::new(),
             }),
             tail: StderrTail::default(),
+            hung_calls: Arc::default(),
+            refresh: Notify::new(),
         })
     }
 
@@ -122,6 +168,7 @@ impl Slot {
         let mut runtime = self.lock();
         runtime.state = State::Starting;
         runtime.peer = None;
+        runtime.retire_plugin();
     }
 
     /// Marks the extension as running with `tools`, called through `peer`.
@@ -138,6 +185,7 @@ impl Slot {
         let mut runtime = self.lock();
         runtime.state = state;
         runtime.peer = None;
+        runtime.retire_plugin();
         runtime.tools.clear();
     }
 
@@ -153,6 +201,7 @@ impl Slot {
         runtime.state = State::Failed;
         runtime.last_error = Some(error);
         runtime.peer = None;
+        runtime.retire_plugin();
         runtime.tools.clear();
     }
 
@@ -161,6 +210,7 @@ impl Slot {
         let mut runtime = self.lock();
         runtime.state = State::Stopped;
         runtime.peer = None;
+        runtime.retire_plugin();
         runtime.tools.clear();
     }
 
@@ -169,12 +219,48 @@ impl Slot {
         self.lock().restarts += 1;
     }
 
-    /// Returns the connection to call through, or the state that prevents calls.
-    pub fn peer(&self) -> Result<Peer<RoleClient>, (State, Option<String>)> {
+    /// Marks the extension as running `version` and routes new calls to it. A previous
+    /// version stays loaded until its calls end.
+    pub fn set_plugin(&self, version: Arc<PluginVersion>) {
+        let tools = version
+            .manifest
+            .tools
+            .iter()
+            .map(|tool| ToolDefinition {
+                extension: self.name.clone(),
+                tool: tool.name.clone(),
+                description: tool.description.clone(),
+                input_schema: tool.input_schema.clone(),
+            })
+            .collect();
+        let mut runtime = self.lock();
+        runtime.retire_plugin();
+        runtime.state = State::Running;
+        runtime.plugin = Some(version);
+        runtime.tools = tools;
+    }
+
+    /// Records that a new plugin version was rejected while the previous one keeps serving.
+    pub fn set_swap_failed(&self, error: String) {
+        tracing::error!(extension = %self.name, %error, "plugin swap failed");
+        self.lock().last_error = Some(error);
+    }
+
+    /// Returns whether a plugin version is loaded and serving.
+    pub fn has_plugin(&self) -> bool {
+        self.lock().plugin.is_some()
+    }
+
+    /// Returns where to send a call, or the state that prevents calls.
+    pub fn endpoint(&self) -> Result<Endpoint, (State, Option<String>)> {
         let runtime = self.lock();
+        if let Some(version) = &runtime.plugin {
+            return Ok(Endpoint::Plugin(version.clone()));
+        }
         runtime
             .peer
             .clone()
+            .map(Endpoint::Mcp)
             .ok_or_else(|| (runtime.state, runtime.last_error.clone()))
     }
 
@@ -215,6 +301,8 @@ impl Slot {
             timeout: definition.config.timeout,
             last_error: runtime.last_error.clone(),
             stderr_tail: self.tail.lines(),
+            plugin: runtime.plugin_status(),
+            hung_calls: self.hung_calls.load(Ordering::Acquire),
         }
     }
 
@@ -223,5 +311,31 @@ impl Slot {
         self.runtime
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Runtime {
+    /// Stops routing calls to the current plugin version; calls in flight keep it loaded.
+    fn retire_plugin(&mut self) {
+        self.retired.retain(|version| version.strong_count() > 0);
+        if let Some(version) = self.plugin.take() {
+            self.retired.push(Arc::downgrade(&version));
+        }
+    }
+
+    fn plugin_status(&self) -> Option<PluginStatus> {
+        let version = self.plugin.as_ref()?;
+        let retired = self
+            .retired
+            .iter()
+            .filter(|version| version.strong_count() > 0)
+            .count();
+        Some(PluginStatus {
+            name: version.manifest.name.clone(),
+            version: version.manifest.version.clone(),
+            file: version.file.display().to_string(),
+            sha256: version.sha256.clone(),
+            loaded_versions: retired + 1,
+        })
     }
 }

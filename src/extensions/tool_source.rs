@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::client;
+use super::plugin;
 use super::registry::Registry;
+use super::slot::Endpoint;
 use crate::tools::{ToolCallFuture, ToolDefinition, ToolError, ToolSource};
 
 impl ToolSource for Registry {
@@ -32,7 +34,7 @@ impl ToolSource for Registry {
                 tool: tool.to_owned(),
             };
             let slot = self.slot(extension).ok_or_else(not_found)?;
-            let peer = slot.peer().map_err(|(state, last_error)| {
+            let endpoint = slot.endpoint().map_err(|(state, last_error)| {
                 let mut reason = format!("it is {}", state.as_str());
                 if let Some(error) = last_error {
                     reason.push_str(&format!(" after this error: {error}"));
@@ -47,6 +49,13 @@ impl ToolSource for Registry {
             }
             // Read at call time, so a reload that changes `timeout` applies to this call.
             let limit = Duration::from_secs(slot.definition().config.timeout);
+            let peer = match endpoint {
+                Endpoint::Plugin(version) => {
+                    let hung = slot.hung_calls.clone();
+                    return plugin::call_tool(version, hung, tool, arguments, limit, cancel).await;
+                }
+                Endpoint::Mcp(peer) => peer,
+            };
             let result = client::call_tool(&peer, tool, arguments, limit, cancel).await;
             match result {
                 Err(ToolError::Failed(reason)) if peer.is_transport_closed() => {

@@ -11,5 +11,6 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod peers;
+mod plugins;
 mod reload;
 mod sessions;
