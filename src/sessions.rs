@@ -17,7 +17,7 @@ use crate::store::{MessageRecord, NewSession, SessionRecord, Store, StoreError};
 use crate::tools::ToolSource;
 pub use events::{EventLog, StreamEvent};
 
-/// Longest session title, in characters, taken from the first prompt.
+/// Maximum session title length, in characters, taken from the first prompt.
 const TITLE_CHARS: usize = 80;
 
 /// A session operation that failed.
@@ -64,7 +64,7 @@ pub struct TurnOptions {
 pub struct TurnReport {
     /// The last assistant text.
     pub answer: String,
-    /// How the turn ended.
+    /// Reason the turn ended.
     pub end: TurnEnd,
     /// Tokens used.
     pub usage: Usage,

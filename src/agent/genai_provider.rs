@@ -26,7 +26,7 @@ const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Seconds a stream may stay silent when the config sets none; long enough for a slow local
 /// model to produce its first token.
 const DEFAULT_READ_TIMEOUT_SECS: u64 = 300;
-/// Longest provider error message kept, so a huge HTML error page does not fill the logs.
+/// Maximum length of a provider error message kept, so a huge HTML error page does not fill the logs.
 const MAX_ERROR_MESSAGE_CHARS: usize = 500;
 
 /// A provider reached over HTTP through genai.

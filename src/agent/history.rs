@@ -116,7 +116,7 @@ pub fn summary_split(history: &[Message], keep_tokens: u64) -> Option<usize> {
     starts.iter().find(fits).or_else(|| starts.last()).copied()
 }
 
-/// Returns the user message that stands in for summarized messages.
+/// Returns the user message that replaces summarized messages.
 pub fn summary_message(summary: &str) -> Message {
     Message::user(format!("Summary of the earlier conversation:\n{summary}"))
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tools::{ToolContent, ToolOutput};
 
-/// Who wrote a message.
+/// Author of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -58,7 +58,7 @@ impl Usage {
     }
 }
 
-/// Why the model stopped generating.
+/// Reason the model stopped generating.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// It finished its answer or its tool requests.

@@ -12,11 +12,11 @@ use super::provider::ProviderError;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// First backoff delay; each retry doubles it.
 const BASE_DELAY: Duration = Duration::from_millis(500);
-/// Longest wait between attempts, also for a `retry-after` the provider sends.
+/// Maximum wait between attempts, also for a `retry-after` the provider sends.
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Runs `attempt` until it succeeds, fails with an error that is not retryable, or has
-/// been retried `max_retries` times. `on_retry` is told about each retry.
+/// been retried `max_retries` times. `on_retry` is called before each retry.
 pub async fn with_retries<T, F, Fut>(
     max_retries: u32,
     cancel: &CancellationToken,

@@ -80,7 +80,7 @@ pub enum TurnEvent {
     Warning(String),
 }
 
-/// How a turn ended.
+/// Reason a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnEnd {
     /// The model answered without requesting tools.
@@ -94,7 +94,7 @@ pub enum TurnEnd {
 /// The result of a turn.
 #[derive(Debug, Clone)]
 pub struct TurnOutcome {
-    /// How it ended.
+    /// Reason it ended.
     pub end: TurnEnd,
     /// The text of the last assistant message.
     pub answer: String,
@@ -102,11 +102,11 @@ pub struct TurnOutcome {
     pub usage: Usage,
 }
 
-/// What a turn needs besides its history.
+/// Dependencies of a turn besides its history.
 pub struct Turn<'a> {
     /// The provider to call.
     pub provider: &'a dyn Provider,
-    /// Where tools come from.
+    /// Source of the tools.
     pub tools: &'a dyn ToolSource,
     /// Settings.
     pub settings: &'a TurnSettings,

@@ -52,7 +52,7 @@ impl EventLog {
         self.progress.send_modify(|progress| progress.1 = true);
     }
 
-    /// Whether the turn has ended.
+    /// Returns whether the turn has ended.
     pub fn is_finished(&self) -> bool {
         self.progress.borrow().1
     }
