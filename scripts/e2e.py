@@ -25,7 +25,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "e2e-admin-key-0123456789abcdef"
-PLUGIN_NAME = os.environ.get("GOOSE_API_E2E_PLUGIN", "")
+PLUGIN_LIBRARY = "target/release/libgoose_plugin_calc.so"
 TIMINGS = []
 
 
@@ -105,6 +105,9 @@ class Run:
             "    temperature: 0",
             "agent:",
             "  system_prompt: You are a helpful assistant. Answer in one short sentence.",
+            # llama.cpp's server cannot stream with tool_choice auto, and this model does not
+            # choose tools on its own, so tools are called only when a request forces one.
+            "  tool_choice: none",
             f"extensions_dir: {self.extensions}",
             "extensions:",
             "  everything:",
@@ -242,12 +245,11 @@ class Run:
                        "available_tools: [echo]\n")
         dropped = self.wait_extension("dropped")
         listed = [f"dropped: {dropped['tools']}"]
-        if PLUGIN_NAME:
-            library = os.path.join(ROOT, "target/release", f"lib{PLUGIN_NAME}.so")
-            shutil.copy(library, os.path.join(self.extensions, f"{PLUGIN_NAME}.so"))
-            os.chmod(os.path.join(self.extensions, f"{PLUGIN_NAME}.so"), 0o644)
-            plugin = self.wait_extension(PLUGIN_NAME)
-            listed.append(f"{PLUGIN_NAME}: {plugin['tools']}")
+        plugin = os.path.join(self.extensions, "calc.so")
+        shutil.copy(os.path.join(ROOT, PLUGIN_LIBRARY), plugin)
+        os.chmod(plugin, 0o644)
+        calc = self.wait_extension("calc")
+        listed.append(f"calc: {calc['tools']}")
         status, body = request("GET", f"{self.base}/extensions/list")
         return f"{'; '.join(listed)}; /extensions/list {body}"
 

@@ -77,6 +77,10 @@ pub fn turn_settings(snapshot: &Snapshot) -> TurnSettings {
         model: config.model.clone(),
         system_prompt: config.agent.system_prompt.clone(),
         tool_choice: config.agent.tool_choice.clone(),
+        later_tool_choice: match &config.agent.tool_choice {
+            ToolChoice::Required | ToolChoice::Tool(_) => ToolChoice::Auto,
+            other => other.clone(),
+        },
         max_steps: config.agent.max_steps,
         max_tool_output_chars: config.agent.max_tool_output_chars,
         context_limit: provider.and_then(|p| p.context_limit).map(u64::from),

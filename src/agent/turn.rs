@@ -19,9 +19,11 @@ pub struct TurnSettings {
     pub model: String,
     /// System prompt, with any session instructions appended.
     pub system_prompt: String,
-    /// Tool choice for the first provider call of this turn; a forced choice falls back to
-    /// `auto` for the calls after it.
+    /// Tool choice for the first provider call of this turn.
     pub tool_choice: ToolChoice,
+    /// Tool choice for the later calls of the turn when the first one is forced (`required`
+    /// or one tool): the configured default, or `auto` when the default is forced too.
+    pub later_tool_choice: ToolChoice,
     /// Most provider calls in one turn.
     pub max_steps: u32,
     /// Most characters of tool output passed to the model per call.
@@ -220,15 +222,15 @@ impl Turn<'_> {
         .await
     }
 
-    /// Returns the tool choice of the next call. A forced choice (`required` or one tool)
-    /// applies to the first call after the prompt only, so that the model can answer from the
-    /// tool's result instead of calling the tool again until the step limit.
+    /// Returns the tool choice of the next call. A forced choice applies to the first call
+    /// after the prompt only, so that the model can answer from the tool's result instead of
+    /// calling the tool again until the step limit.
     fn tool_choice_for(&self, history: &[Message]) -> ToolChoice {
-        let first_step = history
-            .last()
-            .is_none_or(|message| message.role == Role::User);
+        let first_step = history.last().is_none_or(|message| message.role == Role::User);
         match &self.settings.tool_choice {
-            ToolChoice::Required | ToolChoice::Tool(_) if !first_step => ToolChoice::Auto,
+            ToolChoice::Required | ToolChoice::Tool(_) if !first_step => {
+                self.settings.later_tool_choice.clone()
+            }
             choice => choice.clone(),
         }
     }

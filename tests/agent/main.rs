@@ -95,6 +95,7 @@ fn settings() -> TurnSettings {
         model: "test-model".to_owned(),
         system_prompt: "You are a test.".to_owned(),
         tool_choice: ToolChoice::Auto,
+        later_tool_choice: ToolChoice::Auto,
         max_steps: 5,
         max_tool_output_chars: 1_000,
         context_limit: None,
@@ -815,6 +816,7 @@ async fn forced_tool_choice_applies_to_first_step_only() {
     let provider = provider(ProviderKind::Openai, server.url("/v1"));
     let settings = TurnSettings {
         tool_choice: ToolChoice::Tool("calc__now".to_owned()),
+        later_tool_choice: ToolChoice::None,
         ..settings()
     };
     let mut history = vec![Message::user("what time is it")];
@@ -835,7 +837,7 @@ async fn forced_tool_choice_applies_to_first_step_only() {
         requests[0].body
     );
     assert_eq!(
-        requests[1].body["tool_choice"], "auto",
+        requests[1].body["tool_choice"], "none",
         "{}",
         requests[1].body
     );
