@@ -11,7 +11,6 @@ mod sessions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
@@ -19,8 +18,6 @@ use axum::{Router, extract::DefaultBodyLimit};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::config::ConfigHandle;
 use crate::extensions::Registry;
@@ -120,9 +117,6 @@ pub fn router(state: AppState) -> Router {
 
     let origins = state.config.current().config.cors.allowed_origins.clone();
     let edge = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(PropagateRequestIdLayer::new(request_id_header()))
         .layer(from_fn_with_state(state.clone(), middleware::observe))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .option_layer(cors_layer(&origins))
@@ -141,20 +135,6 @@ pub fn router(state: AppState) -> Router {
 
 fn request_id_header() -> HeaderName {
     HeaderName::from_static(middleware::REQUEST_ID_HEADER)
-}
-
-/// Creates one span per request, named by the matched route so that paths with ids group.
-fn request_span(req: &Request) -> tracing::Span {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let request_id = req
-        .headers()
-        .get(middleware::REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("-");
-    tracing::debug_span!("request", method = %req.method(), route, request_id)
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -226,7 +226,9 @@ impl Turn<'_> {
     /// after the prompt only, so that the model can answer from the tool's result instead of
     /// calling the tool again until the step limit.
     fn tool_choice_for(&self, history: &[Message]) -> ToolChoice {
-        let first_step = history.last().is_none_or(|message| message.role == Role::User);
+        let first_step = history
+            .last()
+            .is_none_or(|message| message.role == Role::User);
         match &self.settings.tool_choice {
             ToolChoice::Required | ToolChoice::Tool(_) if !first_step => {
                 self.settings.later_tool_choice.clone()

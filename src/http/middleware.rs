@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::MatchedPath;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::{ApiError, InternalCause};
@@ -19,6 +21,8 @@ use crate::config::{Caller, Role, Snapshot};
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Header that carries the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id accepted from a client; a longer one is replaced by a new UUID.
+const MAX_REQUEST_ID_LENGTH: usize = 128;
 
 /// Rejects requests without a valid key with 401 and attaches the [`Caller`].
 pub async fn authenticate(mut req: Request, next: Next) -> Result<Response, ApiError> {
@@ -79,24 +83,28 @@ pub async fn time_limit(req: Request, next: Next) -> Result<Response, ApiError> 
         .map_err(|_| ApiError::Timeout { secs })
 }
 
-/// Attaches the current config snapshot, then records the request in the metrics and logs
-/// its failure: the cause of a 5xx once, with the request id, and client errors at debug.
-///
-/// One middleware does the three, because each extra layer costs a boxed future per request.
+/// Runs the per-request edge work in one layer, because each layer costs a boxed future
+/// per request: assigns the request id (the client's `x-request-id`, or a new UUID) and
+/// echoes it on the response, attaches the current config snapshot, runs the request in a
+/// span named by its matched route, records it in the metrics, and logs its outcome: the
+/// cause of a 5xx once at error level, other requests at debug.
 pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let request_id = request_id_of(&req);
+    req.headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id.clone());
     req.extensions_mut().insert(state.config.current());
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
-    let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
+    let id_text = request_id.to_str().unwrap_or("-");
+    let span = tracing::debug_span!("request", %method, route, request_id = id_text);
     let started = std::time::Instant::now();
-    let mut response = next.run(req).await;
+    let mut response = next.run(req).instrument(span).await;
+    let elapsed = started.elapsed();
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id.clone());
     let status = response.status();
-    let route = route
-        .as_ref()
-        .map_or("unmatched", axum::extract::MatchedPath::as_str);
     let metrics = &state.metrics;
     metrics
         .http_requests
@@ -105,26 +113,47 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     metrics
         .http_duration
         .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
-    if status.is_client_error() || status.is_server_error() {
-        let request_id = request_id
-            .as_ref()
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("-");
+        .observe(elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if status.is_server_error() {
         let cause = response.extensions_mut().remove::<InternalCause>();
-        if status.is_server_error() {
-            let error = cause.map_or_else(|| status.to_string(), |cause| cause.0.to_string());
-            tracing::error!(
-                request_id,
-                status = status.as_u16(),
-                error,
-                "request failed"
-            );
-        } else {
-            tracing::debug!(request_id, status = status.as_u16(), "request rejected");
-        }
+        let error = cause.map_or_else(|| status.to_string(), |cause| cause.0.to_string());
+        tracing::error!(
+            request_id = id_text,
+            %method,
+            route,
+            status = status.as_u16(),
+            error,
+            "request failed"
+        );
+    } else {
+        tracing::debug!(
+            request_id = id_text,
+            %method,
+            route,
+            status = status.as_u16(),
+            latency_ms,
+            "request finished"
+        );
     }
     response
+}
+
+/// Returns the client's request id if it is a short printable value, else a new UUID.
+fn request_id_of(req: &Request) -> HeaderValue {
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|value| value.len() <= MAX_REQUEST_ID_LENGTH && value.to_str().is_ok());
+    match given {
+        Some(value) => value.clone(),
+        None => {
+            let id = uuid::Uuid::new_v4();
+            let mut buffer = uuid::Uuid::encode_buffer();
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer))
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        }
+    }
 }
 
 /// Turns a panic in a handler into a 500 whose cause is logged by [`observe`].
