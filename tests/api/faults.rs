@@ -177,9 +177,11 @@ async fn daemon_survives_faults_and_kill() {
         &daemon.path("config.yaml"),
         &(config.clone() + "limits:\n  max_body_bytez: 1\n"),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = daemon.config_status().await;
-    assert!(!status["last_reload_error"].is_null(), "{status}");
+    let began = std::time::Instant::now();
+    while daemon.config_status().await["last_reload_error"].is_null() {
+        assert!(began.elapsed() < crate::helpers::WAIT, "the invalid edit was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rename_save(&daemon.path("config.yaml"), &config);
 
     for client in clients {
