@@ -1,16 +1,25 @@
-//! Benchmarks of the goose-api HTTP edge.
+//! Benchmarks of goose-api.
 //!
 //! `goose-api-bench edge` measures the daemon against a bare axum server, times config
 //! reloads, counts requests that fail during reloads under load and reads the daemon's
 //! memory. `goose-api-bench hello` is the bare server, which `edge` starts as a child.
+//! `turn` times agent turns against an instant provider, and `sessions` measures concurrent
+//! sessions, listing and memory per session on SQLite and PostgreSQL.
 
+mod agent_daemon;
+mod client;
 mod edge;
 mod hello;
 mod load;
 mod process;
+mod provider;
 mod reload;
 mod report;
+mod seed;
+mod sessions;
+mod sessions_report;
 mod stats;
+mod turn;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-/// Benchmarks of the goose-api HTTP edge, run against processes on 127.0.0.1 only.
+/// Benchmarks of goose-api, run against processes and servers on 127.0.0.1 only.
 #[derive(Debug, Parser)]
 #[command(name = "goose-api-bench", about)]
 struct Cli {
@@ -34,6 +43,68 @@ enum Command {
     Edge(EdgeArgs),
     /// Serve the bare axum baseline on 127.0.0.1 and print its port on stdout.
     Hello,
+    /// Time sequential agent turns with one plugin tool call against an instant provider,
+    /// per provider wire format; print a Markdown table.
+    Turn(TurnArgs),
+    /// Measure concurrent one-turn sessions, memory per live session and session listing
+    /// on SQLite and PostgreSQL; print a Markdown table.
+    Sessions(SessionsArgs),
+}
+
+/// The binaries that `turn` and `sessions` start.
+#[derive(Debug, Args)]
+struct AgentBinaryArgs {
+    /// goose-api binary to run. Default: `goose-api` in the directory of this binary.
+    #[arg(long, value_name = "PATH")]
+    daemon: Option<PathBuf>,
+    /// Demo plugin library to load as the extension `demo`. Default:
+    /// `libgoose_plugin_demo.so` in the directory of the daemon.
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TurnArgs {
+    #[command(flatten)]
+    binaries: AgentBinaryArgs,
+    /// Measured turns per provider format.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    turns: u32,
+    /// Unmeasured turns per provider format before the measured ones.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    warmup_turns: u32,
+}
+
+#[derive(Debug, Args)]
+struct SessionsArgs {
+    #[command(flatten)]
+    binaries: AgentBinaryArgs,
+    /// Sessions started at once in each round, each on its own connection.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    concurrency: u32,
+    /// Rounds of concurrent sessions.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Sessions inserted into the store with SQL before the daemon starts.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    stored: u64,
+    /// Sessions started one after another for the memory measurement.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    memory_sessions: u32,
+    /// Timed requests for each of the two listed pages.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    list_requests: u32,
+    /// Stored sessions newer than the cursor of the deep page.
+    #[arg(long, default_value_t = 90_000)]
+    deep_offset: u64,
+    /// PostgreSQL database on 127.0.0.1 or localhost in which the run creates a schema of
+    /// its own and drops it at the end.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +137,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Edge(args) => run_edge(args),
         Command::Hello => hello::serve(),
+        Command::Turn(args) => run_turn(args),
+        Command::Sessions(args) => run_sessions(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,5 +167,32 @@ fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     };
     let results = edge::run(&options)?;
     report::print(&options, &results);
+    Ok(())
+}
+
+fn run_turn(args: TurnArgs) -> anyhow::Result<()> {
+    let options = turn::TurnOptions {
+        binaries: agent_daemon::Binaries::locate(args.binaries.daemon, args.binaries.plugin)?,
+        turns: args.turns as usize,
+        warmup_turns: args.warmup_turns as usize,
+    };
+    let results = turn::run(&options)?;
+    turn::print(&options, &results);
+    Ok(())
+}
+
+fn run_sessions(args: SessionsArgs) -> anyhow::Result<()> {
+    let options = sessions::SessionsOptions {
+        binaries: agent_daemon::Binaries::locate(args.binaries.daemon, args.binaries.plugin)?,
+        concurrency: args.concurrency as usize,
+        rounds: args.rounds as usize,
+        stored: args.stored,
+        memory_sessions: args.memory_sessions as usize,
+        list_requests: args.list_requests as usize,
+        deep_offset: args.deep_offset,
+        postgres_url: args.postgres_url,
+    };
+    let results = sessions::run(&options)?;
+    sessions_report::print(&options, &results);
     Ok(())
 }

@@ -222,7 +222,7 @@ fn notes(results: &EdgeResults) -> Vec<String> {
     lines
 }
 
-fn describe_exit(status: ExitStatus) -> String {
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(signal)) => format!("signal {signal}"),
@@ -234,7 +234,7 @@ fn rate(report: &LoadReport) -> String {
     thousands(report.requests_per_second().round() as u64)
 }
 
-fn p50_p99(latencies: &Latencies, decimals: usize) -> String {
+pub(crate) fn p50_p99(latencies: &Latencies, decimals: usize) -> String {
     let format = |p| match latencies.percentile(p) {
         Some(latency) => format!("{:.decimals$} ms", milliseconds(latency)),
         None => "n/a".to_owned(),
@@ -242,16 +242,16 @@ fn p50_p99(latencies: &Latencies, decimals: usize) -> String {
     format!("{} / {}", format(50.0), format(99.0))
 }
 
-fn milliseconds(duration: Duration) -> f64 {
+pub(crate) fn milliseconds(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn mebibytes(kib: u64) -> String {
+pub(crate) fn mebibytes(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 /// Formats `value` with commas between groups of three digits.
-fn thousands(value: u64) -> String {
+pub(crate) fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
