@@ -2,6 +2,11 @@
 //! query code path on sqlx's `Any` driver.
 
 mod migrations;
+mod session_lock;
+mod usage;
+
+pub use session_lock::SessionLock;
+pub use usage::KeyUsage;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -106,11 +111,17 @@ pub struct NewSession {
     pub extensions: Option<Vec<String>>,
 }
 
+/// Connections for turn locks on PostgreSQL, apart from the main pool so that running
+/// turns cannot take the connections their messages are stored with.
+const LOCK_CONNECTIONS: u32 = 64;
+
 /// The session store.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL only: connections that hold turn locks.
+    lock_pool: Option<AnyPool>,
 }
 
 /// Returns the current time in milliseconds since the Unix epoch.
@@ -136,6 +147,12 @@ impl Store {
             (Backend::Postgres, url.to_owned())
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        let lock_pool = (backend == Backend::Postgres).then(|| {
+            AnyPoolOptions::new()
+                .max_connections(LOCK_CONNECTIONS)
+                .min_connections(0)
+                .connect_lazy_with(options.clone())
+        });
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 4,
@@ -166,7 +183,11 @@ impl Store {
             migrations_applied = applied,
             "session store ready"
         );
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            lock_pool,
+        })
     }
 
     /// Returns the backend kind.
@@ -176,6 +197,9 @@ impl Store {
 
     /// Closes the connections.
     pub async fn close(&self) {
+        if let Some(lock_pool) = &self.lock_pool {
+            lock_pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -342,7 +366,8 @@ impl Store {
         Ok(seq)
     }
 
-    /// Adds a turn's token usage to the session and records the provider and model used.
+    /// Adds a turn's token usage to the session and to its owner's key, and records the
+    /// provider and model used.
     pub async fn record_turn(
         &self,
         session_id: &str,
@@ -350,17 +375,22 @@ impl Store {
         provider: &str,
         model: &str,
     ) -> Result<(), StoreError> {
+        let input = i64::try_from(usage.input_tokens).unwrap_or(i64::MAX);
+        let output = i64::try_from(usage.output_tokens).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE sessions SET input_tokens = input_tokens + $1, \
              output_tokens = output_tokens + $2, provider = $3, model = $4 WHERE id = $5",
         )
-        .bind(i64::try_from(usage.input_tokens).unwrap_or(i64::MAX))
-        .bind(i64::try_from(usage.output_tokens).unwrap_or(i64::MAX))
+        .bind(input)
+        .bind(output)
         .bind(provider)
         .bind(model)
         .bind(session_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        usage::add_key_usage(&mut tx, session_id, input, output).await?;
+        tx.commit().await?;
         Ok(())
     }
 
