@@ -190,6 +190,17 @@ impl Store {
         })
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at once with
+    /// `BEGIN IMMEDIATE`: a deferred transaction that reads first fails with "database is
+    /// locked" when another connection writes before it, without waiting `busy_timeout`.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
     /// Returns the backend kind.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -301,7 +312,7 @@ impl Store {
 
     /// Deletes a session and its messages. Returns whether it existed.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM messages WHERE session_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -335,7 +346,7 @@ impl Store {
         let content = serde_json::to_string(&message.content)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let last: Option<i64> =
             sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE session_id = $1")
                 .bind(session_id)
@@ -377,7 +388,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let input = i64::try_from(usage.input_tokens).unwrap_or(i64::MAX);
         let output = i64::try_from(usage.output_tokens).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE sessions SET input_tokens = input_tokens + $1, \
              output_tokens = output_tokens + $2, provider = $3, model = $4 WHERE id = $5",
