@@ -64,6 +64,14 @@ pub(super) async fn begin(
             &events,
         )
         .await;
+        live.touch();
+        // The session is free before any client learns that the turn ended, so a reply
+        // sent right after the finish event or the JSON answer is not rejected with 409.
+        // The store lock goes first: a request that gets the in-process lock next must find
+        // the store lock free.
+        guards.session_lock.release().await;
+        drop(conversation);
+        drop(guards._permit);
         match &result {
             Ok(report) => events.log.push(
                 "finish",
@@ -88,12 +96,6 @@ pub(super) async fn begin(
             .with_label_values(&[outcome.as_str()])
             .inc();
         manager.metrics.running_turns.dec();
-        live.touch();
-        // The store lock goes first: a request that gets the in-process lock next must
-        // find the store lock free.
-        guards.session_lock.release().await;
-        drop(conversation);
-        drop(guards._permit);
         // The client may have gone away, which is fine: the turn is stored.
         let _ = result_tx.send(result);
     });
