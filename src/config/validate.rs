@@ -389,6 +389,24 @@ fn validate_tls(config: &Config, problems: &mut Vec<Problem>) {
         )),
         _ => {}
     }
+    let files = [
+        ("tls.cert_file", &config.tls.cert_file),
+        ("tls.key_file", &config.tls.key_file),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            problems.push(Problem::new(
+                key,
+                format!(
+                    "file {} not found; give the path of a PEM file, relative to the working \
+                     directory or absolute",
+                    path.display()
+                ),
+            ));
+        }
+    }
 }
 
 fn validate_log(config: &Config, problems: &mut Vec<Problem>) {

@@ -84,3 +84,27 @@ async fn replaced_certificate_serves_new_connections() {
     let kept = kept.expect("the connection made before the swap still serves");
     assert_eq!(kept.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn missing_certificate_file_is_rejected() {
+    let (_, key) = certificate();
+    let config = config_with_key("tls:\n  cert_file: tls/cert.pem\n  key_file: tls/key.pem\n");
+    let mut launch = Launch::with_config(&config);
+    launch.files.push(("tls/key.pem".to_owned(), key));
+    let failure = match Daemon::try_launch(launch).await {
+        Ok(_) => panic!("the daemon started without its certificate file"),
+        Err(failure) => failure,
+    };
+    assert_eq!(failure.status.code(), Some(64), "{}", failure.stderr);
+    assert!(
+        failure.stderr.contains("tls.cert_file"),
+        "{}",
+        failure.stderr
+    );
+    assert!(failure.stderr.contains("not found"), "{}", failure.stderr);
+    assert!(
+        !failure.stderr.contains("tls.key_file"),
+        "{}",
+        failure.stderr
+    );
+}
