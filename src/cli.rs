@@ -151,6 +151,7 @@ fn log_inventory(
         %address,
         config_file = file.map(|path| path.display().to_string()).unwrap_or_else(|| "none".into()),
         keys = snapshot.keys.len(),
+        tls = snapshot.config.tls.cert_file.is_some(),
         provider = %snapshot.config.provider,
         model = %snapshot.config.model,
         "listening"

@@ -10,7 +10,7 @@ mod secret;
 mod snapshot;
 mod source;
 pub mod validate;
-mod watch;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 
 pub use env::PREFIX as ENV_PREFIX;
 pub use keys::{Caller, KeyTable};
-pub use model::{Config, ExtensionConfig, ExtensionKind, LogConfig, LogFormat, ProviderKind, Role};
+pub use model::{
+    Config, ExtensionConfig, ExtensionKind, KeyLimits, LogConfig, LogFormat, ProviderKind, Role,
+    TlsConfig,
+};
 pub use secret::{DatabaseUrl, REDACTED, Secret};
 pub use snapshot::{ConfigHandle, PendingRestart, ReloadOutcome, ReloadStatus, Snapshot};
 pub use source::{CONFIG_PATH_VARIABLE, Format, detect_format, parse};

@@ -5,6 +5,7 @@ mod extensions;
 pub mod extract;
 pub mod middleware;
 mod openapi;
+pub mod rate_limit;
 mod routes;
 mod sessions;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub tools: std::sync::Arc<crate::tools::CountingTools>,
     /// The extensions and their tools.
     pub extensions: Registry,
+    /// Request rates per key.
+    pub rate_limits: Arc<crate::limits::RateLimits>,
 }
 
 /// Start-up and shutdown phase, shown by `GET /ready`.
@@ -85,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/extensions/list", get(extensions::list_names))
         .route("/extensions", get(extensions::list))
         .route("/extensions/{name}", get(extensions::show))
+        .route_layer(from_fn_with_state(state.clone(), rate_limit::limit_rate))
         .route_layer(from_fn(middleware::authenticate));
     let user_timed = Router::new()
         .route("/session/start", post(sessions::start))
@@ -104,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(from_fn(middleware::time_limit))
         .route_layer(from_fn(middleware::limit_body))
+        .route_layer(from_fn_with_state(state.clone(), rate_limit::limit_rate))
         .route_layer(from_fn(middleware::authenticate));
     let admin = Router::new()
         .route("/config/status", get(routes::config_status))
@@ -113,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn(middleware::time_limit))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::require_admin))
+        .route_layer(from_fn_with_state(state.clone(), rate_limit::limit_rate))
         .route_layer(from_fn(middleware::authenticate));
 
     let origins = state.config.current().config.cors.allowed_origins.clone();

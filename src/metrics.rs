@@ -32,6 +32,10 @@ pub struct Metrics {
     pub provider_duration: HistogramVec,
     /// Tokens by direction, `input` or `output`.
     pub tokens: IntCounterVec,
+    /// Tokens by API key name and direction, on this replica.
+    pub key_tokens: IntCounterVec,
+    /// Requests and turns rejected by a limit, by API key name and limit.
+    pub limit_rejections: IntCounterVec,
     /// Tool calls by extension and outcome.
     pub tool_calls: IntCounterVec,
     /// Config reloads by outcome.
@@ -88,6 +92,16 @@ impl Metrics {
                 "Tokens used by provider calls",
                 &["direction"],
             )?,
+            key_tokens: counter(
+                "key_tokens_total",
+                "Tokens used by the turns of each API key",
+                &["key", "direction"],
+            )?,
+            limit_rejections: counter(
+                "limit_rejections_total",
+                "Requests rejected with 429, by key and limit (rate or turns)",
+                &["key", "limit"],
+            )?,
             tool_calls: counter("tool_calls_total", "Tool calls", &["extension", "outcome"])?,
             config_reloads: counter("config_reloads_total", "Config reloads", &["outcome"])?,
             extensions: IntGaugeVec::new(
@@ -108,6 +122,19 @@ impl Metrics {
             .registry
             .register(Box::new(metrics.running_turns.clone()))?;
         Ok(metrics)
+    }
+
+    /// Adds a turn's tokens to the counters of key `key`.
+    pub fn count_key_tokens(&self, key: &str, usage: crate::agent::Usage) {
+        let counts = [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+        ];
+        for (direction, tokens) in counts {
+            self.key_tokens
+                .with_label_values(&[key, direction])
+                .inc_by(tokens);
+        }
     }
 
     /// Renders every metric in the Prometheus text format.

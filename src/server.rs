@@ -14,6 +14,7 @@ use crate::http::{self, AppState, Readiness};
 use crate::metrics::Metrics;
 use crate::sessions::SessionManager;
 use crate::store::Store;
+use crate::tls::{self, CertStore, TlsListener};
 use crate::tools::CountingTools;
 
 /// Longest time between looks for idle sessions; shorter idle timeouts are checked at half
@@ -63,14 +64,19 @@ pub async fn run(
         metrics,
         tools,
         extensions: extensions.clone(),
+        rate_limits: Arc::default(),
     };
     let app = http::router(state);
-    let stop_accepting = shutdown.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop_accepting.cancelled_owned())
-            .await
-    });
+    let (mut server, cert_watcher) = match tls_certs(&config, &working_dir)? {
+        None => (spawn_server(listener, app, shutdown.clone()), None),
+        Some(certs) => {
+            let tls_config = certs.server_config()?;
+            let watcher = tls::spawn_cert_watcher(certs, config.clone(), shutdown.child_token())?;
+            let listener = TlsListener::new(listener, tls_config, shutdown.child_token())
+                .context("while starting the TLS listener")?;
+            (spawn_server(listener, app, shutdown.clone()), Some(watcher))
+        }
+    };
     readiness.set_ready();
     tracing::info!("ready");
 
@@ -115,8 +121,42 @@ pub async fn run(
         tracing::error!(%error, "config watcher task failed");
     }
     let _ = sweeper.await;
+    if let Some(cert_watcher) = cert_watcher {
+        let _ = cert_watcher.await;
+    }
     store.close().await;
     Ok(stopped)
+}
+
+/// Loads the TLS certificate when `tls.cert_file` and `tls.key_file` are set; relative
+/// paths start at the working directory.
+fn tls_certs(
+    config: &ConfigHandle,
+    working_dir: &std::path::Path,
+) -> anyhow::Result<Option<Arc<CertStore>>> {
+    let tls = config.current().config.tls.clone();
+    let (Some(cert_file), Some(key_file)) = (tls.cert_file, tls.key_file) else {
+        return Ok(None);
+    };
+    let certs = CertStore::load(&working_dir.join(cert_file), &working_dir.join(key_file))?;
+    tracing::info!(cert_file = %certs.files()[0].display(), "serving HTTPS");
+    Ok(Some(certs))
+}
+
+fn spawn_server<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    })
 }
 
 fn spawn_idle_sweeper(

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Message, ProviderError, ProviderPool, ToolChoice, TurnEnd, Usage};
 use crate::config::{Caller, ConfigHandle, Role as KeyRole};
-use crate::store::{MessageRecord, NewSession, SessionRecord, Store, StoreError};
+use crate::limits::{TurnCounter, TurnPermit};
+use crate::store::{MessageRecord, NewSession, SessionLock, SessionRecord, Store, StoreError};
 use crate::tools::ToolSource;
 pub use events::{EventLog, StreamEvent};
 
@@ -29,9 +30,12 @@ pub enum SessionError {
     /// The caller has no session to continue.
     #[error("no session to continue; start one with POST /session/start or pass session_id")]
     NoSession,
-    /// A turn is already running in the session.
+    /// A turn is already running in the session, on this replica or another.
     #[error("session {0} is already running a turn; wait for it or cancel it")]
     Busy(String),
+    /// A concurrency limit on turns is reached.
+    #[error(transparent)]
+    TooManyTurns(#[from] crate::limits::TurnLimitError),
     /// The session has ended.
     #[error("session {0} has ended; start a new session")]
     Ended(String),
@@ -124,6 +128,7 @@ pub struct SessionManager {
     tools: Arc<dyn ToolSource>,
     metrics: Arc<crate::metrics::Metrics>,
     live: Mutex<HashMap<String, Arc<LiveSession>>>,
+    turns: Arc<TurnCounter>,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -149,6 +154,7 @@ impl SessionManager {
             tools,
             metrics,
             live: Mutex::new(HashMap::new()),
+            turns: Arc::default(),
         }
     }
 
@@ -168,6 +174,7 @@ impl SessionManager {
         if let Some(names) = &options.extensions {
             self.check_extensions(names)?;
         }
+        let permit = self.turn_permit(caller)?;
         let snapshot = self.config.current();
         let record = self
             .store
@@ -192,7 +199,8 @@ impl SessionManager {
             last_used: Mutex::new(Instant::now()),
         });
         lock(&self.live).insert(record.id.clone(), live.clone());
-        self.begin_turn(live, prompt, options.tool_choice).await
+        self.begin_turn(live, prompt, options.tool_choice, permit)
+            .await
     }
 
     /// Starts a turn in session `id`, or in the caller's latest session when `None`.
@@ -212,7 +220,29 @@ impl SessionManager {
             }
         };
         let live = self.live_session(caller, &id, false).await?;
-        self.begin_turn(live, prompt, tool_choice).await
+        let permit = self.turn_permit(caller)?;
+        self.begin_turn(live, prompt, tool_choice, permit).await
+    }
+
+    /// Counts a turn of `caller` against the concurrency limits of the current config.
+    fn turn_permit(&self, caller: &Caller) -> Result<TurnPermit, SessionError> {
+        let snapshot = self.config.current();
+        let key_max = snapshot
+            .config
+            .key_limits(&caller.name)
+            .max_concurrent_turns;
+        let daemon_max = snapshot.config.limits.max_concurrent_turns;
+        let permit = self
+            .turns
+            .try_acquire(&caller.name, key_max, daemon_max)
+            .inspect_err(|error| {
+                self.metrics
+                    .limit_rejections
+                    .with_label_values(&[caller.name.as_str(), "turns"])
+                    .inc();
+                tracing::debug!(key_name = %caller.name, %error, "turn rejected by a limit");
+            })?;
+        Ok(permit)
     }
 
     /// Returns the events of the running or last turn of session `id`, for a client that
@@ -249,7 +279,10 @@ impl SessionManager {
             .clone()
             .try_lock_owned()
             .map_err(|_| SessionError::Busy(id.to_owned()))?;
-        runner::summarize(self, &live.record(), &mut conversation).await
+        let session_lock = self.lock_and_refresh(&live, &mut conversation).await?;
+        let summary = runner::summarize(self, &live.record(), &mut conversation).await;
+        session_lock.release().await;
+        summary
     }
 
     /// Ends session `id`: cancels any running turn and releases its live state. Its history
@@ -433,17 +466,83 @@ impl SessionManager {
         live: Arc<LiveSession>,
         prompt: String,
         tool_choice: Option<ToolChoice>,
+        permit: TurnPermit,
     ) -> Result<TurnTicket, SessionError> {
         let record = live.record();
         if record.state == "ended" {
             return Err(SessionError::Ended(record.id));
         }
-        let conversation = live
+        let mut conversation = live
             .conversation
             .clone()
             .try_lock_owned()
             .map_err(|_| SessionError::Busy(record.id.clone()))?;
-        runner::begin(self.clone(), live, conversation, prompt, tool_choice).await
+        let session_lock = self.lock_and_refresh(&live, &mut conversation).await?;
+        let guards = runner::TurnGuards {
+            session_lock,
+            _permit: permit,
+        };
+        runner::begin(
+            self.clone(),
+            live,
+            conversation,
+            prompt,
+            tool_choice,
+            guards,
+        )
+        .await
+    }
+
+    /// Takes the session's turn lock in the store, then reloads the session and its history
+    /// if another replica changed them since this one cached them.
+    async fn lock_and_refresh(
+        &self,
+        live: &LiveSession,
+        conversation: &mut Conversation,
+    ) -> Result<SessionLock, SessionError> {
+        let id = live.record().id;
+        let session_lock = self
+            .store
+            .try_lock_session(&id)
+            .await?
+            .ok_or_else(|| SessionError::Busy(id.clone()))?;
+        match self.refresh(live, conversation).await {
+            Ok(()) => Ok(session_lock),
+            Err(error) => {
+                session_lock.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn refresh(
+        &self,
+        live: &LiveSession,
+        conversation: &mut Conversation,
+    ) -> Result<(), SessionError> {
+        let cached = live.record();
+        let Some(stored) = self.store.session(&cached.id).await? else {
+            lock(&self.live).remove(&cached.id);
+            return Err(SessionError::NotFound(cached.id));
+        };
+        if stored.state == "ended" {
+            let id = stored.id.clone();
+            *lock(&live.record) = stored;
+            return Err(SessionError::Ended(id));
+        }
+        if stored.message_count != cached.message_count {
+            let history = self.store.history(&cached.id).await?;
+            tracing::debug!(
+                session_id = %cached.id,
+                cached = cached.message_count,
+                stored = stored.message_count,
+                "reloading a session history changed by another replica"
+            );
+            conversation.seqs = history.iter().map(|(seq, _)| Some(*seq)).collect();
+            conversation.history = history.into_iter().map(|(_, message)| message).collect();
+        }
+        *lock(&live.record) = stored;
+        Ok(())
     }
 }
 

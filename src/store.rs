@@ -2,6 +2,11 @@
 //! query code path on sqlx's `Any` driver.
 
 mod migrations;
+mod session_lock;
+mod usage;
+
+pub use session_lock::SessionLock;
+pub use usage::KeyUsage;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -106,11 +111,17 @@ pub struct NewSession {
     pub extensions: Option<Vec<String>>,
 }
 
+/// Connections for turn locks on PostgreSQL, apart from the main pool so that running
+/// turns cannot take the connections their messages are stored with.
+const LOCK_CONNECTIONS: u32 = 64;
+
 /// The session store.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL only: connections that hold turn locks.
+    lock_pool: Option<AnyPool>,
 }
 
 /// Returns the current time in milliseconds since the Unix epoch.
@@ -136,6 +147,12 @@ impl Store {
             (Backend::Postgres, url.to_owned())
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        let lock_pool = (backend == Backend::Postgres).then(|| {
+            AnyPoolOptions::new()
+                .max_connections(LOCK_CONNECTIONS)
+                .min_connections(0)
+                .connect_lazy_with(options.clone())
+        });
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 4,
@@ -166,7 +183,22 @@ impl Store {
             migrations_applied = applied,
             "session store ready"
         );
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            lock_pool,
+        })
+    }
+
+    /// Begins a transaction that writes. On SQLite it takes the write lock at once with
+    /// `BEGIN IMMEDIATE`: a deferred transaction that reads first fails with "database is
+    /// locked" when another connection writes before it, without waiting `busy_timeout`.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
     }
 
     /// Returns the backend kind.
@@ -176,6 +208,9 @@ impl Store {
 
     /// Closes the connections.
     pub async fn close(&self) {
+        if let Some(lock_pool) = &self.lock_pool {
+            lock_pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -277,7 +312,7 @@ impl Store {
 
     /// Deletes a session and its messages. Returns whether it existed.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM messages WHERE session_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -311,9 +346,9 @@ impl Store {
         let content = serde_json::to_string(&message.content)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
-        // The first statement writes, so SQLite takes its write lock at once and waits for
-        // a busy writer; a read first would have to upgrade, which fails with "locked".
+        let mut tx = self.begin_write().await?;
+        // The insert computes the sequence number itself, so the transaction needs no read
+        // before its first write.
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO messages (session_id, seq, role, content, created_at, summary_through) \
              SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM messages \
@@ -338,7 +373,8 @@ impl Store {
         Ok(seq)
     }
 
-    /// Adds a turn's token usage to the session and records the provider and model used.
+    /// Adds a turn's token usage to the session and to its owner's key, and records the
+    /// provider and model used.
     pub async fn record_turn(
         &self,
         session_id: &str,
@@ -346,17 +382,22 @@ impl Store {
         provider: &str,
         model: &str,
     ) -> Result<(), StoreError> {
+        let input = i64::try_from(usage.input_tokens).unwrap_or(i64::MAX);
+        let output = i64::try_from(usage.output_tokens).unwrap_or(i64::MAX);
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE sessions SET input_tokens = input_tokens + $1, \
              output_tokens = output_tokens + $2, provider = $3, model = $4 WHERE id = $5",
         )
-        .bind(i64::try_from(usage.input_tokens).unwrap_or(i64::MAX))
-        .bind(i64::try_from(usage.output_tokens).unwrap_or(i64::MAX))
+        .bind(input)
+        .bind(output)
         .bind(provider)
         .bind(model)
         .bind(session_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        usage::add_key_usage(&mut tx, session_id, input, output).await?;
+        tx.commit().await?;
         Ok(())
     }
 

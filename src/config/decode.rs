@@ -48,6 +48,7 @@ pub fn decode(tree: Value) -> (Config, Vec<Problem>) {
             "store" => decode_into(&key, value, &mut config.store),
             "sessions" => decode_into(&key, value, &mut config.sessions),
             "limits" => decode_into(&key, value, &mut config.limits),
+            "tls" => decode_into(&key, value, &mut config.tls),
             "log" => decode_into(&key, value, &mut config.log),
             "cors" => decode_into(&key, value, &mut config.cors),
             "shutdown" => decode_into(&key, value, &mut config.shutdown),

@@ -145,12 +145,18 @@ mod tests {
                     key: Some(Secret::new("alice-key-0123456789")),
                     key_sha256: None,
                     role: Role::User,
+                    requests_per_minute: None,
+                    burst: None,
+                    max_concurrent_turns: None,
                 },
                 ApiKeyConfig {
                     name: "bob".to_owned(),
                     key: None,
                     key_sha256: Some(Secret::new(hex::encode(sha256("bob-key-0123456789")))),
                     role: Role::Admin,
+                    requests_per_minute: None,
+                    burst: None,
+                    max_concurrent_turns: None,
                 },
             ],
             ..Config::default()

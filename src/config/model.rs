@@ -63,6 +63,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// TLS on the listener; plain HTTP unless both files are set.
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Cross-origin requests; off unless origins are listed.
@@ -88,6 +90,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
             log: LogConfig::default(),
             cors: CorsConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -96,6 +99,7 @@ impl Default for Config {
 }
 
 /// One entry of `api_keys`. Exactly one of `key` and `key_sha256` is set.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKeyConfig {
     /// Name that owns sessions and appears in logs and metrics instead of the key.
@@ -109,6 +113,18 @@ pub struct ApiKeyConfig {
     /// What the key may do.
     #[serde(default)]
     pub role: Role,
+    /// Requests per minute for this key, instead of `limits.requests_per_minute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde_as(as = "Option<Lenient>")]
+    pub requests_per_minute: Option<u32>,
+    /// Requests this key may send at once after a quiet period, instead of `limits.burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde_as(as = "Option<Lenient>")]
+    pub burst: Option<u32>,
+    /// Turns this key may run at once, instead of `limits.max_concurrent_turns_per_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde_as(as = "Option<Lenient>")]
+    pub max_concurrent_turns: Option<u32>,
 }
 
 /// Permission level of an API key.
@@ -288,6 +304,19 @@ pub struct LimitsConfig {
     /// Seconds a non-streaming request may take before it fails with 503.
     #[serde_as(as = "Lenient")]
     pub request_timeout_secs: u64,
+    /// Requests per minute of each key; no rate limit when unset.
+    #[serde_as(as = "Option<Lenient>")]
+    pub requests_per_minute: Option<u32>,
+    /// Requests a key may send at once after a quiet period; `requests_per_minute` when
+    /// unset.
+    #[serde_as(as = "Option<Lenient>")]
+    pub burst: Option<u32>,
+    /// Turns each key may run at once; no limit when unset.
+    #[serde_as(as = "Option<Lenient>")]
+    pub max_concurrent_turns_per_key: Option<u32>,
+    /// Turns the daemon runs at once over all keys; no limit when unset.
+    #[serde_as(as = "Option<Lenient>")]
+    pub max_concurrent_turns: Option<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -295,8 +324,57 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            requests_per_minute: None,
+            burst: None,
+            max_concurrent_turns_per_key: None,
+            max_concurrent_turns: None,
         }
     }
+}
+
+/// The limits that apply to one key: its own `api_keys` settings, else those of `limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute; no rate limit when `None`.
+    pub requests_per_minute: Option<u32>,
+    /// Requests accepted at once after a quiet period.
+    pub burst: Option<u32>,
+    /// Turns the key may run at once; no limit when `None`.
+    pub max_concurrent_turns: Option<u32>,
+}
+
+impl Config {
+    /// Returns the limits of the key named `name`. The single `api_key` and the generated
+    /// key have no entry in `api_keys`, so they get the `limits` values.
+    pub fn key_limits(&self, name: &str) -> KeyLimits {
+        let entry = self.api_keys.iter().find(|entry| entry.name == name);
+        let requests_per_minute = entry
+            .and_then(|entry| entry.requests_per_minute)
+            .or(self.limits.requests_per_minute);
+        let burst = entry
+            .and_then(|entry| entry.burst)
+            .or(self.limits.burst)
+            .or(requests_per_minute);
+        let max_concurrent_turns = entry
+            .and_then(|entry| entry.max_concurrent_turns)
+            .or(self.limits.max_concurrent_turns_per_key);
+        KeyLimits {
+            requests_per_minute,
+            burst,
+            max_concurrent_turns,
+        }
+    }
+}
+
+/// Settings under `tls`. The file paths need a restart to change; new content at the same
+/// paths applies to new connections while the daemon runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, followed by its intermediate certificates.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the private key of the certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Settings under `log`.

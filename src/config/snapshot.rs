@@ -321,6 +321,18 @@ fn keep_restart_only_settings(config: &mut Config, running: &Config) -> Vec<Pend
         config.cors.allowed_origins.join(","),
         running.cors.allowed_origins.join(","),
     );
+    let tls_paths = |config: &Config| {
+        let show = |path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map_or_else(|| "none".to_owned(), |path| path.display().to_string())
+        };
+        format!(
+            "{}, {}",
+            show(&config.tls.cert_file),
+            show(&config.tls.key_file)
+        )
+    };
+    check("tls", tls_paths(config), tls_paths(running));
     // A password-only change of the store URL is invisible after redaction but still
     // needs a restart, so compare the full URL too.
     if config.store.url != running.store.url && !pending.iter().any(|p| p.key == "store.url") {
@@ -334,6 +346,7 @@ fn keep_restart_only_settings(config: &mut Config, running: &Config) -> Vec<Pend
     config.port = running.port;
     config.store.url = running.store.url.clone();
     config.log.format = running.log.format;
+    config.tls.clone_from(&running.tls);
     config
         .cors
         .allowed_origins

@@ -43,6 +43,8 @@ fn validate_all(config: &Config, check_key_requirement: bool, problems: &mut Vec
     validate_store(config, problems);
     validate_agent(config, problems);
     validate_limits(config, problems);
+    validate_rate_limits(config, problems);
+    validate_tls(config, problems);
     validate_log(config, problems);
     validate_cors(config, problems);
 }
@@ -317,6 +319,93 @@ fn validate_limits(config: &Config, problems: &mut Vec<Problem>) {
             "limits.request_timeout_secs",
             "must be at least 1",
         ));
+    }
+}
+
+/// Rejects zero rate and turn limits, which would refuse every request, and a burst
+/// without a rate.
+fn validate_rate_limits(config: &Config, problems: &mut Vec<Problem>) {
+    let limits = &config.limits;
+    let mut settings = vec![
+        (
+            "limits.requests_per_minute".to_owned(),
+            limits.requests_per_minute,
+        ),
+        ("limits.burst".to_owned(), limits.burst),
+        (
+            "limits.max_concurrent_turns_per_key".to_owned(),
+            limits.max_concurrent_turns_per_key,
+        ),
+        (
+            "limits.max_concurrent_turns".to_owned(),
+            limits.max_concurrent_turns,
+        ),
+    ];
+    for (index, entry) in config.api_keys.iter().enumerate() {
+        let at = format!("api_keys[{index}]");
+        settings.push((
+            format!("{at}.requests_per_minute"),
+            entry.requests_per_minute,
+        ));
+        settings.push((format!("{at}.burst"), entry.burst));
+        settings.push((
+            format!("{at}.max_concurrent_turns"),
+            entry.max_concurrent_turns,
+        ));
+        let has_rate = entry.requests_per_minute.is_some() || limits.requests_per_minute.is_some();
+        if entry.burst.is_some() && !has_rate {
+            problems.push(Problem::new(
+                format!("{at}.burst"),
+                "a burst needs a rate; set requests_per_minute for this key or \
+                 limits.requests_per_minute",
+            ));
+        }
+    }
+    for (key, value) in settings {
+        if value == Some(0) {
+            problems.push(Problem::new(
+                key,
+                "must be at least 1; remove the key for no limit",
+            ));
+        }
+    }
+    if limits.burst.is_some() && limits.requests_per_minute.is_none() {
+        problems.push(Problem::new(
+            "limits.burst",
+            "a burst needs a rate; set limits.requests_per_minute too",
+        ));
+    }
+}
+
+fn validate_tls(config: &Config, problems: &mut Vec<Problem>) {
+    match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(_), None) => problems.push(Problem::new(
+            "tls.key_file",
+            "missing; TLS needs both tls.cert_file and tls.key_file",
+        )),
+        (None, Some(_)) => problems.push(Problem::new(
+            "tls.cert_file",
+            "missing; TLS needs both tls.cert_file and tls.key_file",
+        )),
+        _ => {}
+    }
+    let files = [
+        ("tls.cert_file", &config.tls.cert_file),
+        ("tls.key_file", &config.tls.key_file),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            problems.push(Problem::new(
+                key,
+                format!(
+                    "file {} not found; give the path of a PEM file, relative to the working \
+                     directory or absolute",
+                    path.display()
+                ),
+            ));
+        }
     }
 }
 

@@ -20,9 +20,9 @@ use super::snapshot::{ConfigHandle, ReloadOutcome};
 
 /// Editors save in several steps (truncate, write, rename) within a few milliseconds, so
 /// events are collected until the directory has been quiet this long.
-const QUIET_PERIOD: Duration = Duration::from_millis(100);
+pub(crate) const QUIET_PERIOD: Duration = Duration::from_millis(100);
 /// A file rewritten without pause still reloads this often.
-const MAX_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// What woke the watcher loop.
 #[derive(Debug)]
@@ -112,7 +112,11 @@ impl WatchLoop {
 }
 
 /// Waits until no event has arrived for `quiet`, or `max` has passed, draining the channel.
-async fn settle(events: &mut mpsc::UnboundedReceiver<()>, quiet: Duration, max: Duration) {
+pub(crate) async fn settle(
+    events: &mut mpsc::UnboundedReceiver<()>,
+    quiet: Duration,
+    max: Duration,
+) {
     let deadline = Instant::now() + max;
     loop {
         let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
@@ -189,7 +193,7 @@ fn refresh_watches(
     }
 }
 
-fn directory_or_current(dir: &Path) -> PathBuf {
+pub(crate) fn directory_or_current(dir: &Path) -> PathBuf {
     if dir.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {

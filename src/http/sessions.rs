@@ -18,7 +18,7 @@ use super::extract::ApiJson;
 use crate::agent::{ProviderError, ToolChoice, TurnEnd};
 use crate::config::Caller;
 use crate::sessions::{SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
-use crate::store::{MessageRecord, SessionRecord};
+use crate::store::{KeyUsage, MessageRecord, SessionRecord};
 
 /// Default and maximum page sizes of the listing routes.
 const DEFAULT_PAGE: i64 = 50;
@@ -108,6 +108,10 @@ impl From<SessionError> for ApiError {
                 Self::NotFound(error.to_string())
             }
             SessionError::Busy(_) | SessionError::Ended(_) => Self::Conflict(error.to_string()),
+            SessionError::TooManyTurns(_) => Self::TooManyRequests {
+                message: error.to_string(),
+                retry_after_secs: None,
+            },
             SessionError::Invalid(message) => Self::unprocessable(message),
             SessionError::Provider(ProviderError::Cancelled) => {
                 Self::Conflict("the turn was cancelled".to_owned())
@@ -253,6 +257,9 @@ pub struct SessionList {
     pub sessions: Vec<SessionRecord>,
     /// Cursor of the next page; null on the last page.
     pub next_cursor: Option<String>,
+    /// Tokens used by the caller's key over all its turns, on every replica, including
+    /// sessions since deleted.
+    pub usage: KeyUsage,
 }
 
 /// Lists the caller's sessions, newest first.
@@ -274,9 +281,16 @@ pub async fn list(
                 .map(|s| format!("{}_{}", s.created_at, s.id))
         })
         .flatten();
+    let usage = state
+        .sessions
+        .store()
+        .key_usage(&caller.name)
+        .await
+        .map_err(|error| ApiError::Internal(error.into()))?;
     Ok(Json(SessionList {
         sessions,
         next_cursor,
+        usage,
     }))
 }
 

@@ -15,8 +15,16 @@ use crate::agent::{
     ContentPart, Message, Provider, Role, ToolChoice, Turn, TurnEvent, TurnSettings, Usage,
     turn_settings,
 };
+use crate::limits::TurnPermit;
 use crate::metrics::MeteredProvider;
-use crate::store::SessionRecord;
+use crate::store::{SessionLock, SessionRecord};
+
+/// Guards a running turn keeps until it ends: the session's lock in the store and its
+/// place under the concurrency limits.
+pub(super) struct TurnGuards {
+    pub(super) session_lock: SessionLock,
+    pub(super) _permit: TurnPermit,
+}
 
 /// Stores the prompt, then runs the turn on a task of its own, so a streaming client may
 /// disconnect and resume while it runs.
@@ -26,17 +34,14 @@ pub(super) async fn begin(
     mut conversation: OwnedMutexGuard<Conversation>,
     prompt: String,
     tool_choice: Option<ToolChoice>,
+    guards: TurnGuards,
 ) -> Result<TurnTicket, SessionError> {
     let session_id = live.record().id;
-    close_open_requests(&manager, &session_id, &mut conversation).await?;
-    let prompt = Message::user(prompt);
-    let seq = manager
-        .store
-        .append_message(&session_id, &prompt, None)
-        .await?;
-    conversation.history.push(prompt);
-    conversation.seqs.push(Some(seq));
-    lock(&live.record).message_count += 1;
+    let stored = store_prompt(&manager, &live, &mut conversation, prompt).await;
+    if let Err(error) = stored {
+        guards.session_lock.release().await;
+        return Err(error);
+    }
 
     let cancel = CancellationToken::new();
     let events = Arc::new(EventLogHandle::new());
@@ -59,6 +64,14 @@ pub(super) async fn begin(
             &events,
         )
         .await;
+        live.touch();
+        // The session is free before any client learns that the turn ended, so a reply
+        // sent right after the finish event or the JSON answer is not rejected with 409.
+        // The store lock goes first: a request that gets the in-process lock next must find
+        // the store lock free.
+        guards.session_lock.release().await;
+        drop(conversation);
+        drop(guards._permit);
         match &result {
             Ok(report) => events.log.push(
                 "finish",
@@ -83,12 +96,32 @@ pub(super) async fn begin(
             .with_label_values(&[outcome.as_str()])
             .inc();
         manager.metrics.running_turns.dec();
-        live.touch();
-        drop(conversation);
         // The client may have gone away, which is fine: the turn is stored.
         let _ = result_tx.send(result);
     });
     Ok(ticket)
+}
+
+async fn store_prompt(
+    manager: &SessionManager,
+    live: &LiveSession,
+    conversation: &mut Conversation,
+    prompt: String,
+) -> Result<(), SessionError> {
+    let session_id = live.record().id;
+    let before = conversation.history.len();
+    close_open_requests(manager, &session_id, conversation).await?;
+    let closed = i64::try_from(conversation.history.len() - before).unwrap_or(0);
+    lock(&live.record).message_count += closed;
+    let prompt = Message::user(prompt);
+    let seq = manager
+        .store
+        .append_message(&session_id, &prompt, None)
+        .await?;
+    conversation.history.push(prompt);
+    conversation.seqs.push(Some(seq));
+    lock(&live.record).message_count += 1;
+    Ok(())
 }
 
 /// The event log of a turn, shared by the runner and streaming clients.
@@ -212,6 +245,9 @@ async fn drive(
             &settings.model,
         )
         .await?;
+    manager
+        .metrics
+        .count_key_tokens(&record.owner, outcome.usage);
     Ok(TurnReport {
         answer: outcome.answer,
         end: outcome.end,
@@ -359,6 +395,7 @@ pub(super) async fn summarize(
             &settings.model,
         )
         .await?;
+    manager.metrics.count_key_tokens(&record.owner, usage);
     conversation.history = vec![message];
     conversation.seqs = vec![Some(seq)];
     Ok(summary)

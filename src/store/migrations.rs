@@ -14,10 +14,11 @@ struct Migration {
     statements: &'static [&'static str],
 }
 
-const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        "CREATE TABLE sessions (
+const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE sessions (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
             title TEXT NOT NULL,
@@ -33,9 +34,9 @@ const SQLITE: &[Migration] = &[Migration {
             message_count INTEGER NOT NULL DEFAULT 0,
             state TEXT NOT NULL
         )",
-        "CREATE INDEX sessions_by_owner_created ON sessions (owner, created_at, id)",
-        "CREATE INDEX sessions_by_owner_updated ON sessions (owner, updated_at)",
-        "CREATE TABLE messages (
+            "CREATE INDEX sessions_by_owner_created ON sessions (owner, created_at, id)",
+            "CREATE INDEX sessions_by_owner_updated ON sessions (owner, updated_at)",
+            "CREATE TABLE messages (
             session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
             role TEXT NOT NULL,
@@ -44,13 +45,23 @@ const SQLITE: &[Migration] = &[Migration {
             summary_through INTEGER,
             PRIMARY KEY (session_id, seq)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &["CREATE TABLE key_usage (
+            key_name TEXT PRIMARY KEY,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0
+        )"],
+    },
+];
 
-const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        "CREATE TABLE sessions (
+const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE sessions (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
             title TEXT NOT NULL,
@@ -66,9 +77,9 @@ const POSTGRES: &[Migration] = &[Migration {
             message_count BIGINT NOT NULL DEFAULT 0,
             state TEXT NOT NULL
         )",
-        "CREATE INDEX sessions_by_owner_created ON sessions (owner, created_at, id)",
-        "CREATE INDEX sessions_by_owner_updated ON sessions (owner, updated_at)",
-        "CREATE TABLE messages (
+            "CREATE INDEX sessions_by_owner_created ON sessions (owner, created_at, id)",
+            "CREATE INDEX sessions_by_owner_updated ON sessions (owner, updated_at)",
+            "CREATE TABLE messages (
             session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
             seq BIGINT NOT NULL,
             role TEXT NOT NULL,
@@ -77,8 +88,17 @@ const POSTGRES: &[Migration] = &[Migration {
             summary_through BIGINT,
             PRIMARY KEY (session_id, seq)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &["CREATE TABLE key_usage (
+            key_name TEXT PRIMARY KEY,
+            input_tokens BIGINT NOT NULL DEFAULT 0,
+            output_tokens BIGINT NOT NULL DEFAULT 0
+        )"],
+    },
+];
 
 /// Applies the migrations of `backend` that the database has not seen, each in its own
 /// transaction, and returns how many ran.

@@ -179,7 +179,10 @@ async fn daemon_survives_faults_and_kill() {
     );
     let began = std::time::Instant::now();
     while daemon.config_status().await["last_reload_error"].is_null() {
-        assert!(began.elapsed() < crate::helpers::WAIT, "the invalid edit was not reported");
+        assert!(
+            began.elapsed() < crate::helpers::WAIT,
+            "the invalid edit was not reported"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rename_save(&daemon.path("config.yaml"), &config);

@@ -35,6 +35,9 @@ pub struct Launch {
     pub args: Vec<String>,
     /// Working directory to reuse, from [`Daemon::kill_keeping_dir`]; a new one otherwise.
     pub dir: Option<tempfile::TempDir>,
+    /// For a daemon serving HTTPS: the PEM certificate its client trusts, issued for
+    /// `localhost`.
+    pub trusted_cert: Option<String>,
 }
 
 impl Launch {
@@ -65,6 +68,8 @@ pub struct Daemon {
     stdout: Arc<Mutex<Vec<String>>>,
     /// HTTP client without a default key.
     pub http: reqwest::Client,
+    /// `http://ADDRESS`, or `https://localhost:PORT` for a daemon serving HTTPS.
+    pub base_url: String,
 }
 
 /// A daemon that exited before it was ready.
@@ -126,6 +131,7 @@ impl Daemon {
 
     /// Starts a daemon, returning its output if it exits before listening.
     pub async fn try_launch(mut launch: Launch) -> Result<Self, StartFailure> {
+        let trusted_cert = launch.trusted_cert.take();
         let (mut child, dir) = spawn(&mut launch);
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -159,11 +165,8 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let http = reqwest::Client::builder()
-            .timeout(WAIT)
-            .build()
-            .expect("build HTTP client");
-        wait_until_ready(&http, addr).await;
+        let (http, base_url) = client_for(addr, trusted_cert.as_deref());
+        wait_until_ready(&http, &base_url).await;
         Ok(Self {
             child,
             addr,
@@ -171,12 +174,13 @@ impl Daemon {
             stderr,
             stdout,
             http,
+            base_url,
         })
     }
 
     /// Returns the URL of `path` on this daemon.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base_url)
     }
 
     /// Returns the path of a file in the working directory.
@@ -282,11 +286,32 @@ impl Drop for Daemon {
     }
 }
 
+/// Returns a client and base URL for the daemon at `addr`: plain HTTP, or HTTPS to
+/// `localhost` trusting only `trusted_cert`.
+pub fn client_for(addr: SocketAddr, trusted_cert: Option<&str>) -> (reqwest::Client, String) {
+    let builder = reqwest::Client::builder().timeout(WAIT);
+    match trusted_cert {
+        None => (
+            builder.build().expect("build HTTP client"),
+            format!("http://{addr}"),
+        ),
+        Some(pem) => {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).expect("parse the PEM");
+            let client = builder
+                .tls_certs_only([cert])
+                .resolve("localhost", addr)
+                .build()
+                .expect("build HTTPS client");
+            (client, format!("https://localhost:{}", addr.port()))
+        }
+    }
+}
+
 /// Waits until `GET /ready` answers 200: the store is open and the config watcher runs.
-async fn wait_until_ready(http: &reqwest::Client, addr: SocketAddr) {
+async fn wait_until_ready(http: &reqwest::Client, base_url: &str) {
     let started = Instant::now();
     loop {
-        let ready = http.get(format!("http://{addr}/ready")).send().await;
+        let ready = http.get(format!("{base_url}/ready")).send().await;
         if ready.is_ok_and(|response| response.status().is_success()) {
             return;
         }

@@ -17,6 +17,7 @@ fn run_to_end(launch: &Launch) -> (Option<i32>, String, String) {
         env: launch.env.clone(),
         args: launch.args.clone(),
         dir: None,
+        trusted_cert: None,
     };
     let (child, _dir) = spawn(&mut launch);
     let output = child.wait_with_output().expect("wait for goose-api");

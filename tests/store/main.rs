@@ -302,3 +302,70 @@ async fn postgres_is_tested_when_configured() {
         Err(_) => eprintln!("{POSTGRES_VARIABLE} is not set; the store tests ran on SQLite only"),
     }
 }
+
+#[tokio::test]
+async fn key_usage_sums_turns_and_survives_delete() {
+    for test_store in stores().await {
+        let (store, label) = (&test_store.store, test_store.label);
+        let first = store
+            .create_session(new_session("alice", "one"))
+            .await
+            .expect("create");
+        let second = store
+            .create_session(new_session("alice", "two"))
+            .await
+            .expect("create");
+        let turns = [(&first.id, 5, 2), (&second.id, 7, 3), (&first.id, 1, 1)];
+        for (id, input_tokens, output_tokens) in turns {
+            let usage = Usage {
+                input_tokens,
+                output_tokens,
+            };
+            store
+                .record_turn(id, usage, "openai", "m")
+                .await
+                .expect("record usage");
+        }
+        store.delete_session(&first.id).await.expect("delete");
+
+        let alice = store.key_usage("alice").await.expect("read usage");
+        assert_eq!(alice.key, "alice", "{label}");
+        assert_eq!(alice.input_tokens, 13, "{label}");
+        assert_eq!(alice.output_tokens, 6, "{label}");
+        let bob = store.key_usage("bob").await.expect("read usage");
+        assert_eq!(bob.input_tokens, 0, "{label}");
+        assert_eq!(bob.output_tokens, 0, "{label}");
+        test_store.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn turn_lock_excludes_other_connections() {
+    for test_store in stores().await {
+        let (store, label) = (&test_store.store, test_store.label);
+        let session = store
+            .create_session(new_session("alice", "t"))
+            .await
+            .expect("create");
+        let held = store.try_lock_session(&session.id).await.expect("lock");
+        let held = held.expect("the first lock is granted");
+        let second = store.try_lock_session(&session.id).await.expect("lock");
+        if label == "postgres" {
+            assert!(second.is_none(), "a second connection got the lock");
+        } else {
+            // SQLite has one daemon per file, whose in-process lock excludes other turns.
+            assert!(second.is_some(), "{label}");
+        }
+        drop(second);
+        held.release().await;
+        let again = store.try_lock_session(&session.id).await.expect("lock");
+        assert!(
+            again.is_some(),
+            "{label}: the released lock is granted again"
+        );
+        if let Some(again) = again {
+            again.release().await;
+        }
+        test_store.finish().await;
+    }
+}
