@@ -290,20 +290,27 @@ impl Store {
         cursor: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        let (cursor_time, cursor_id) = cursor.unwrap_or((i64::MAX, String::new()));
-        let query = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions \
-             WHERE ($1 = '' OR owner = $1) AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
-             ORDER BY created_at DESC, id DESC LIMIT $4"
-        );
+        // Separate queries per filter and a row comparison for the cursor let the
+        // (owner, created_at, id) index return rows in order instead of sorting every match.
+        let after = match cursor {
+            Some(_) => "(created_at, id) < ($1, $2)",
+            None => "$1 = $1 AND $2 = $2",
+        };
+        let query = match owner {
+            Some(_) => format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $3 AND {after} \
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+            ),
+            None => format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE $3 = $3 AND {after} \
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+            ),
+        };
+        let (cursor_time, cursor_id) = cursor.unwrap_or((0, String::new()));
         let rows = sqlx::query(&query)
-            .bind(owner.unwrap_or(""))
             .bind(cursor_time)
-            .bind(if cursor_id.is_empty() {
-                "\u{10FFFF}".to_owned()
-            } else {
-                cursor_id
-            })
+            .bind(cursor_id)
+            .bind(owner.unwrap_or(""))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
