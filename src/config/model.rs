@@ -453,7 +453,8 @@ pub struct AgentConfig {
     pub system_prompt: String,
     /// `auto`, `none`, `required`, or `{tool: extension__tool}` to force one tool.
     pub tool_choice: crate::agent::ToolChoice,
-    /// Most provider calls in one turn.
+    /// Most provider calls in one turn; `max_turns` is accepted as another name.
+    #[serde(alias = "max_turns")]
     #[serde_as(as = "Lenient")]
     pub max_steps: u32,
     /// Most characters of one tool result passed to the model.

@@ -842,3 +842,46 @@ async fn forced_tool_choice_applies_to_first_step_only() {
         requests[1].body
     );
 }
+
+#[tokio::test]
+async fn context_too_long_summarizes_and_retries_once() {
+    let too_long = Reply::json(
+        400,
+        json!({"error": {"message": "This model's maximum context length is 4096 tokens.",
+                         "type": "invalid_request_error", "code": "context_length_exceeded"}}),
+    );
+    let server = FakeProvider::start(vec![
+        too_long,
+        openai_text_reply("SHORT-SUMMARY"),
+        openai_text_reply("answer after summary"),
+    ])
+    .await;
+    let provider = provider(ProviderKind::Openai, server.url("/v1"));
+    let mut history = vec![
+        Message::user("first question"),
+        Message::assistant("first answer"),
+        Message::user("second question"),
+    ];
+    let (outcome, events) = run(
+        &provider,
+        &TestTools::default(),
+        &settings(),
+        &mut history,
+        &CancellationToken::new(),
+    )
+    .await;
+
+    assert_eq!(
+        outcome.expect("turn succeeds").answer,
+        "answer after summary"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "failed call, summary call, retried call");
+    let retried = requests[2].body["messages"].to_string();
+    assert!(retried.contains("SHORT-SUMMARY"), "{retried}");
+    assert!(!retried.contains("first answer"), "{retried}");
+    let summarized = events
+        .iter()
+        .any(|e| matches!(e, TurnEvent::Summarized { .. }));
+    assert!(summarized, "{events:?}");
+}
