@@ -88,8 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/extensions/list", get(extensions::list_names))
         .route("/extensions", get(extensions::list))
         .route("/extensions/{name}", get(extensions::show))
-        .route_layer(from_fn_with_state(state.clone(), rate_limit::limit_rate))
-        .route_layer(from_fn(middleware::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
     let user_timed = Router::new()
         .route("/session/start", post(sessions::start))
         .route("/session/reply", post(sessions::reply))
@@ -108,8 +107,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(from_fn(middleware::time_limit))
         .route_layer(from_fn(middleware::limit_body))
-        .route_layer(from_fn_with_state(state.clone(), rate_limit::limit_rate))
-        .route_layer(from_fn(middleware::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
     let admin = Router::new()
         .route("/config/status", get(routes::config_status))
         .route("/config/reload", post(routes::config_reload))
@@ -118,8 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn(middleware::time_limit))
         .route_layer(from_fn(middleware::limit_body))
         .route_layer(from_fn(middleware::require_admin))
-        .route_layer(from_fn_with_state(state.clone(), rate_limit::limit_rate))
-        .route_layer(from_fn(middleware::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
 
     let origins = state.config.current().config.cors.allowed_origins.clone();
     let edge = ServiceBuilder::new()

@@ -24,15 +24,20 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest request id accepted from a client; a longer one is replaced by a new UUID.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
-/// Rejects requests without a valid key with 401 and attaches the [`Caller`].
-pub async fn authenticate(mut req: Request, next: Next) -> Result<Response, ApiError> {
+/// Rejects requests without a valid key with 401, attaches the [`Caller`], and applies the
+/// key's request rate. One middleware does both, because each layer costs a boxed future.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let snapshot = snapshot_of(&req)?;
     let caller = presented_key(req.headers())
         .and_then(|key| snapshot.keys.authenticate(key))
         .ok_or(ApiError::Unauthorized)?;
     tracing::debug!(key_name = %caller.name, "authenticated");
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(caller.clone());
+    Ok(super::rate_limit::run_within_rate(&state, &snapshot, &caller, req, next).await)
 }
 
 /// Rejects callers whose key is not an admin key with 403. Runs after [`authenticate`].

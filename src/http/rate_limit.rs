@@ -1,6 +1,6 @@
 //! The per-key request rate, checked after authentication on every route that needs a key.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,16 +20,15 @@ pub const RESET_HEADER: &str = "x-ratelimit-reset";
 /// Counts the request against its key's rate from the current snapshot. Over the rate it
 /// returns 429 with `Retry-After`. When the key has a rate, every response carries the
 /// `X-RateLimit-*` headers.
-pub async fn limit_rate(
-    State(state): State<AppState>,
-    caller: Caller,
+/// Runs the request if `caller` is within its request rate, else answers 429; either way
+/// the response carries the rate-limit headers. Keys without a rate run unchanged.
+pub async fn run_within_rate(
+    state: &AppState,
+    snapshot: &Snapshot,
+    caller: &Caller,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(snapshot) = req.extensions().get::<std::sync::Arc<Snapshot>>().cloned() else {
-        return ApiError::Internal(anyhow::anyhow!("config snapshot layer missing"))
-            .into_response();
-    };
     let limits = snapshot.config.key_limits(&caller.name);
     let Some(per_minute) = limits.requests_per_minute else {
         return next.run(req).await;
