@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
@@ -120,16 +120,27 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if status.is_server_error() {
-        let cause = response.extensions_mut().remove::<InternalCause>();
-        let error = cause.map_or_else(|| status.to_string(), |cause| cause.0.to_string());
+    let cause = response.extensions_mut().remove::<InternalCause>();
+    let cause = cause
+        .map(|cause| cause.0.to_string())
+        .or_else(|| (status == StatusCode::INTERNAL_SERVER_ERROR).then(|| status.to_string()));
+    if let Some(cause) = cause {
         tracing::error!(
             request_id = id_text,
             %method,
             route,
             status = status.as_u16(),
-            error,
+            error = %cause,
             "request failed"
+        );
+    } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        // An upstream failure (502, 504) is the provider's or an extension's, not ours.
+        tracing::warn!(
+            request_id = id_text,
+            %method,
+            route,
+            status = status.as_u16(),
+            "request failed upstream"
         );
     } else {
         tracing::debug!(
