@@ -119,7 +119,12 @@ async fn daemon_survives_faults_and_kill() {
         .parse()
         .expect("pid");
 
-    let http = daemon.http.clone();
+    // Turns here wait for retries and tool timeouts, which on a busy machine can take longer
+    // than the helper client's timeout.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build HTTP client");
     let url = daemon.url("/session/reply");
     let mut ids = Vec::new();
     for _ in 0..4 {
