@@ -268,13 +268,23 @@ async fn daemon_survives_faults_and_kill() {
         Vec::<String>::new()
     );
     store_check.close().await;
-    let (status, body) = reply(
-        &restarted.http,
-        &restarted.url("/session/reply"),
-        &ids[0],
-        "plain question",
-    )
-    .await
-    .expect("reply after restart");
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // Errors queued in aimock before the injector stopped may still fail a few calls, so the
+    // restarted daemon gets a few tries; each answer must be well-formed, and one a success.
+    let mut last = Value::Null;
+    for _ in 0..6 {
+        let (status, body) = reply(
+            &restarted.http,
+            &restarted.url("/session/reply"),
+            &ids[0],
+            "plain question",
+        )
+        .await
+        .expect("reply after restart");
+        assert!(well_formed(status, &body), "{status} {body}");
+        if status == StatusCode::OK {
+            return;
+        }
+        last = body;
+    }
+    panic!("no successful reply after the restart; last answer {last}");
 }
