@@ -164,7 +164,8 @@ class Run:
         status, body = request("POST", f"{self.base}/session/start",
                                {"prompt": "What is the capital of France?"})
         answer = json.loads(body)
-        assert status == 200 and answer["status"] == "success", body
+        assert status == 200, body
+        assert answer["status"] == "success", body
         self.session = answer["session_id"]
         return f"session {self.session}: {answer['message']!r}"
 
@@ -172,7 +173,8 @@ class Run:
         status, body = request("POST", f"{self.base}/session/reply",
                                {"prompt": "Say hello in French."})
         answer = json.loads(body)
-        assert status == 200 and answer["status"] == "success", body
+        assert status == 200, body
+        assert answer["status"] == "success", body
         return repr(answer["message"])
 
     def stream(self):

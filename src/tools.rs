@@ -86,7 +86,7 @@ impl ToolOutput {
     }
 }
 
-/// Why a tool call produced no result.
+/// Reason a tool call produced no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ToolError {
     /// No running extension offers this tool.
@@ -102,7 +102,7 @@ pub enum ToolError {
     Unavailable {
         /// Extension name.
         extension: String,
-        /// What happened to it.
+        /// Description of what happened to it.
         reason: String,
     },
     /// The call took longer than the extension's `timeout`.

@@ -76,7 +76,7 @@ pub struct Completion {
     pub message: Message,
     /// Tokens used.
     pub usage: Usage,
-    /// Why generation stopped.
+    /// Reason generation stopped.
     pub stop_reason: StopReason,
 }
 
@@ -128,7 +128,7 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Whether retrying the same request can succeed.
+    /// Returns whether retrying the same request can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

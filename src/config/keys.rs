@@ -12,12 +12,12 @@ pub const SINGLE_KEY_NAME: &str = "default";
 /// Name given to the key generated when none is configured.
 pub const GENERATED_KEY_NAME: &str = "generated";
 
-/// Who made a request: the name and role of the key it carried.
+/// Identity of a request: the name and role of the key it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// Key name from the config; never the key itself.
     pub name: String,
-    /// What the key may do.
+    /// Permissions of the key.
     pub role: Role,
 }
 
@@ -106,7 +106,7 @@ impl KeyTable {
         self.entries.len()
     }
 
-    /// Whether no key is accepted.
+    /// Returns whether no key is accepted.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

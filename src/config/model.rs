@@ -110,7 +110,7 @@ pub struct ApiKeyConfig {
     /// Hex SHA-256 of the key, so the file need not contain the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_sha256: Option<Secret>,
-    /// What the key may do.
+    /// Permissions of the key.
     #[serde(default)]
     pub role: Role,
     /// Requests per minute for this key, instead of `limits.requests_per_minute`.

@@ -58,7 +58,7 @@ pub struct ReloadStatus {
     pub rejected: u64,
 }
 
-/// What a reload did.
+/// Outcome of a reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
     /// A new snapshot is serving.

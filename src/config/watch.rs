@@ -24,7 +24,7 @@ pub(crate) const QUIET_PERIOD: Duration = Duration::from_millis(100);
 /// A file rewritten without pause still reloads this often.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// What woke the watcher loop.
+/// Event that woke the watcher loop.
 #[derive(Debug)]
 enum Trigger {
     FileEvent,

@@ -21,7 +21,7 @@ use crate::config::{Caller, Role, Snapshot};
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Header that carries the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Longest request id accepted from a client; a longer one is replaced by a new UUID.
+/// Maximum length of a client request id; a longer one is replaced by a new UUID.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
 /// Rejects requests without a valid key with 401, attaches the [`Caller`], and applies the
@@ -88,11 +88,12 @@ pub async fn time_limit(req: Request, next: Next) -> Result<Response, ApiError> 
         .map_err(|_| ApiError::Timeout { secs })
 }
 
-/// Runs the per-request edge work in one layer, because each layer costs a boxed future
-/// per request: assigns the request id (the client's `x-request-id`, or a new UUID) and
-/// echoes it on the response, attaches the current config snapshot, runs the request in a
-/// span named by its matched route, records it in the metrics, and logs its outcome: the
-/// cause of a 5xx once at error level, other requests at debug.
+/// Runs the per-request edge work in one layer, because each layer costs a boxed future.
+///
+/// It assigns the request id (the client's `x-request-id`, or a new UUID) and echoes it on
+/// the response, and attaches the current config snapshot. It runs the request in a span
+/// named by its matched route and records it in the metrics. It logs our own failures at
+/// error level, upstream failures at warn level and everything else at debug level.
 pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = request_id_of(&req);
     req.headers_mut()

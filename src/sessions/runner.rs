@@ -213,7 +213,7 @@ async fn drive(
     let provider = metered_provider(manager, &snapshot)?;
     let (sender, receiver) = mpsc::unbounded_channel();
     let on_event = move |event: TurnEvent| {
-        // The receiver lives until the turn ends, so a failed send cannot happen.
+        // The receiver is dropped only after the turn ends, so a send cannot fail.
         let _ = sender.send(event);
     };
     let turn_done = CancellationToken::new();

@@ -21,7 +21,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A 200 server-sent-events stream of `events`, each a full `data:` or `event:` block.
+    /// Creates a 200 server-sent-events stream of `events`, each a full `data:` or `event:` block.
     pub fn sse(events: &[String]) -> Self {
         Self {
             status: 200,
@@ -31,7 +31,7 @@ impl Reply {
         }
     }
 
-    /// A 200 newline-delimited JSON stream, as Ollama sends.
+    /// Creates a 200 newline-delimited JSON stream, as Ollama sends.
     pub fn ndjson(lines: &[Value]) -> Self {
         Self {
             status: 200,
@@ -41,7 +41,7 @@ impl Reply {
         }
     }
 
-    /// A JSON body with `status`.
+    /// Creates a JSON body with `status`.
     pub fn json(status: u16, body: Value) -> Self {
         Self {
             status,
@@ -203,12 +203,12 @@ pub fn openai_usage_chunk(prompt: u64, completion: u64) -> String {
     format!("data: {chunk}\n\n")
 }
 
-/// The end marker of an OpenAI stream.
+/// Returns the end marker of an OpenAI stream.
 pub fn openai_done() -> String {
     "data: [DONE]\n\n".to_owned()
 }
 
-/// An OpenAI stream that answers with `text`.
+/// Creates an OpenAI stream whose reply is `text`.
 pub fn openai_text_reply(text: &str) -> Reply {
     Reply::sse(&[
         openai_chunk(

@@ -31,16 +31,7 @@ fn start_aimock() -> (Aimock, tempfile::TempDir) {
 }
 
 async fn post(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = daemon
-        .http
-        .post(daemon.url(path))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&body)
-        .send()
-        .await
-        .expect("send POST");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    daemon.post_value(path, ADMIN_KEY, body).await
 }
 
 #[tokio::test]

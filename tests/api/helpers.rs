@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use reqwest::StatusCode;
 use serde_json::Value;
 
 /// Admin key written into configs by [`config_with_key`].
@@ -196,6 +197,21 @@ impl Daemon {
             .send()
             .await
             .expect("send GET")
+    }
+
+    /// Sends `POST path` with a JSON body and `key`, and returns the status and JSON body
+    /// (`Value::Null` when the body is not JSON).
+    pub async fn post_value(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        let response = self.post_json(path, key, &body).await;
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `GET path` with `key`, and returns the status and JSON body.
+    pub async fn get_value(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        let response = self.get(path, key).await;
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Returns the model the daemon reports, with the admin key.

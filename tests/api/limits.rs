@@ -43,16 +43,7 @@ fn slow_provider() -> (Aimock, tempfile::TempDir) {
 }
 
 async fn post(daemon: &Daemon, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
-    let response = daemon
-        .http
-        .post(daemon.url(path))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("send POST");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    daemon.post_value(path, key, body).await
 }
 
 /// Starts a session for `key` and a streamed slow turn in it, and returns the response once

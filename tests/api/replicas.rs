@@ -55,16 +55,7 @@ async fn cluster(test: &str, aimock_args: &[&str]) -> Option<Cluster> {
 }
 
 async fn post(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = daemon
-        .http
-        .post(daemon.url(path))
-        .header("x-api-key", ALICE_KEY)
-        .json(&body)
-        .send()
-        .await
-        .expect("send POST");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    daemon.post_value(path, ALICE_KEY, body).await
 }
 
 async fn start_session(daemon: &Daemon) -> String {

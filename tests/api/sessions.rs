@@ -54,22 +54,11 @@ fn config(aimock: &Aimock, extra: &str) -> String {
 }
 
 async fn post(daemon: &Daemon, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
-    let response = daemon
-        .http
-        .post(daemon.url(path))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("send POST");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    daemon.post_value(path, key, body).await
 }
 
 async fn get_json(daemon: &Daemon, path: &str, key: &str) -> (StatusCode, Value) {
-    let response = daemon.get(path, key).await;
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    daemon.get_value(path, key).await
 }
 
 #[tokio::test]
