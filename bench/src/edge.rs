@@ -1,5 +1,5 @@
-//! The `edge` benchmark. Its phases run one after the other, never two servers at once:
-//! load on the bare axum server, then on one goose-api process: memory at start, load,
+//! The `edge` benchmark. Its phases run one after the other: memory of goose-api at start,
+//! then rounds that load the bare axum server and goose-api in turn (never both at once),
 //! memory after load, reloads while idle, reloads under load, memory at the end.
 
 use std::path::{Path, PathBuf};
@@ -25,8 +25,10 @@ const IDLE_SETTLE: Duration = Duration::from_millis(500);
 pub struct EdgeOptions {
     /// goose-api binary.
     pub daemon: PathBuf,
-    /// Measured load per server.
+    /// Measured load per server, split over the rounds.
     pub duration: Duration,
+    /// Rounds of the comparison; each loads both servers, in alternating order.
+    pub rounds: usize,
     /// Unmeasured load before each measured run.
     pub warmup: Duration,
     /// Keep-alive connections, each with one request in flight.
@@ -42,8 +44,10 @@ pub struct EdgeOptions {
 /// Measurements of one `edge` run.
 #[derive(Debug)]
 pub struct EdgeResults {
-    /// Load on the bare axum server.
+    /// Load on the bare axum server, all rounds merged.
     pub bare: LoadReport,
+    /// Each round of the comparison.
+    pub rounds: Vec<Round>,
     /// Everything measured on goose-api.
     pub daemon: DaemonResults,
 }
@@ -51,7 +55,7 @@ pub struct EdgeResults {
 /// Measurements of one goose-api process.
 #[derive(Debug)]
 pub struct DaemonResults {
-    /// Load, after a warm-up, with no reload.
+    /// Load, after a warm-up, with no reload, all rounds merged.
     pub load: LoadReport,
     /// Memory after start-up, before any request.
     pub memory_at_start: Memory,
@@ -69,6 +73,33 @@ pub struct DaemonResults {
     pub stop: StopOutcome,
 }
 
+/// One round of the comparison: the same load on each server in turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    /// The bare axum server's share.
+    pub bare: ServerRound,
+    /// goose-api's share.
+    pub daemon: ServerRound,
+}
+
+impl Round {
+    /// goose-api's requests per second over the bare server's.
+    pub fn ratio(&self) -> f64 {
+        self.daemon.requests_per_second / self.bare.requests_per_second
+    }
+}
+
+/// What one server did in one round.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerRound {
+    /// Requests that returned 200, per second.
+    pub requests_per_second: f64,
+    /// Requests that returned 200.
+    pub requests: u64,
+    /// CPU time, user and system, that the server process used during its load.
+    pub cpu: Duration,
+}
+
 /// Runs every phase and stops every child it started, also when a phase fails.
 pub fn run(options: &EdgeOptions) -> anyhow::Result<EdgeResults> {
     process::check_daemon_binary(&options.daemon)?;
@@ -76,20 +107,6 @@ pub fn run(options: &EdgeOptions) -> anyhow::Result<EdgeResults> {
         .enable_all()
         .build()
         .context("while starting the async runtime")?;
-    let bare = measure_bare(&runtime, options)?;
-    let daemon = measure_daemon(&runtime, options)?;
-    Ok(EdgeResults { bare, daemon })
-}
-
-fn measure_bare(runtime: &Runtime, options: &EdgeOptions) -> anyhow::Result<LoadReport> {
-    let server = process::start_hello()?;
-    let target = Arc::new(Target::new(server.address(), API_KEY)?);
-    let report = runtime.block_on(measure_throughput(&target, options, "bare axum"));
-    server.stop()?;
-    report
-}
-
-fn measure_daemon(runtime: &Runtime, options: &EdgeOptions) -> anyhow::Result<DaemonResults> {
     let workdir = tempfile::Builder::new()
         .prefix("goose-api-bench-")
         .tempdir()
@@ -98,7 +115,7 @@ fn measure_daemon(runtime: &Runtime, options: &EdgeOptions) -> anyhow::Result<Da
     std::fs::write(&config_path, base_config())
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let mut daemon = process::start_daemon(&options.daemon, &config_path, workdir.path())?;
-    let phases = run_daemon_phases(runtime, options, &mut daemon, &config_path);
+    let phases = run_phases(&runtime, options, &mut daemon, &config_path);
     let stop = daemon.stop()?;
     let phases = phases.with_context(|| {
         format!(
@@ -106,15 +123,19 @@ fn measure_daemon(runtime: &Runtime, options: &EdgeOptions) -> anyhow::Result<Da
             stop.status, stop.log.warnings, stop.log.samples
         )
     })?;
-    Ok(DaemonResults {
-        load: phases.load,
-        memory_at_start: phases.memory_at_start,
-        memory_after_load: phases.memory_after_load,
-        memory_at_end: phases.memory_at_end,
-        reloads_idle: phases.reloads_idle,
-        reloads_under_load: phases.reloads_under_load,
-        load_during_reloads: phases.load_during_reloads,
-        stop,
+    Ok(EdgeResults {
+        bare: phases.bare,
+        rounds: phases.rounds,
+        daemon: DaemonResults {
+            load: phases.load,
+            memory_at_start: phases.memory_at_start,
+            memory_after_load: phases.memory_after_load,
+            memory_at_end: phases.memory_at_end,
+            reloads_idle: phases.reloads_idle,
+            reloads_under_load: phases.reloads_under_load,
+            load_during_reloads: phases.load_during_reloads,
+            stop,
+        },
     })
 }
 
@@ -123,7 +144,9 @@ fn base_config() -> String {
     format!("port: 0\napi_key: {API_KEY}\nlog:\n  level: info\n  format: json\n")
 }
 
-struct DaemonPhases {
+struct Phases {
+    bare: LoadReport,
+    rounds: Vec<Round>,
     load: LoadReport,
     memory_at_start: Memory,
     memory_after_load: Memory,
@@ -133,17 +156,31 @@ struct DaemonPhases {
     load_during_reloads: LoadReport,
 }
 
-fn run_daemon_phases(
+fn run_phases(
     runtime: &Runtime,
     options: &EdgeOptions,
     daemon: &mut ChildProcess,
     config_path: &Path,
-) -> anyhow::Result<DaemonPhases> {
+) -> anyhow::Result<Phases> {
     std::thread::sleep(IDLE_SETTLE);
     let memory_at_start = process::memory(daemon.pid())?;
     let target = Arc::new(Target::new(daemon.address(), API_KEY)?);
     runtime.block_on(check_provider_config(&target))?;
-    let load = runtime.block_on(measure_throughput(&target, options, "goose-api"))?;
+    let hello = process::start_hello()?;
+    let bare_target = Arc::new(Target::new(hello.address(), API_KEY)?);
+    let bare = Server {
+        name: "bare axum",
+        target: &bare_target,
+        pid: hello.pid(),
+    };
+    let measured = Server {
+        name: "goose-api",
+        target: &target,
+        pid: daemon.pid(),
+    };
+    let comparison = runtime.block_on(compare(options, &bare, &measured));
+    hello.stop()?;
+    let Comparison { bare, load, rounds } = comparison?;
     daemon.ensure_running()?;
     std::thread::sleep(IDLE_SETTLE);
     let memory_after_load = process::memory(daemon.pid())?;
@@ -166,7 +203,9 @@ fn run_daemon_phases(
     daemon.ensure_running()?;
     std::thread::sleep(IDLE_SETTLE);
     let memory_at_end = process::memory(daemon.pid())?;
-    Ok(DaemonPhases {
+    Ok(Phases {
+        bare,
+        rounds,
         load,
         memory_at_start,
         memory_after_load,
@@ -195,24 +234,88 @@ async fn check_provider_config(target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the warm-up, then the measured load, on one server.
-async fn measure_throughput(
-    target: &Arc<Target>,
+/// A server under comparison.
+struct Server<'a> {
+    name: &'static str,
+    target: &'a Arc<Target>,
+    pid: u32,
+}
+
+struct Comparison {
+    bare: LoadReport,
+    load: LoadReport,
+    rounds: Vec<Round>,
+}
+
+/// Warms both servers up, then runs the rounds. Each round loads one server and then the
+/// other, and the order alternates, so that a slow spell of the shared machine falls on both.
+async fn compare(
     options: &EdgeOptions,
-    server: &str,
-) -> anyhow::Result<LoadReport> {
-    if !options.warmup.is_zero() {
-        let warmup = load::run_for(target, options.concurrency, options.warmup).await?;
-        if warmup.failed > 0 {
-            eprintln!(
-                "goose-api-bench: {} of {} warm-up requests to {server} failed, the first: {:?}",
-                warmup.failed,
-                warmup.requests(),
-                warmup.failure_samples
-            );
-        }
+    bare: &Server<'_>,
+    daemon: &Server<'_>,
+) -> anyhow::Result<Comparison> {
+    for server in [bare, daemon] {
+        warm_up(server, options).await?;
     }
-    load::run_for(target, options.concurrency, options.duration).await
+    let rounds = options.rounds.max(1);
+    let share = options.duration / u32::try_from(rounds).unwrap_or(u32::MAX);
+    let mut bare_reports = Vec::with_capacity(rounds);
+    let mut daemon_reports = Vec::with_capacity(rounds);
+    let mut measured = Vec::with_capacity(rounds);
+    for index in 0..rounds {
+        let (bare_round, daemon_round) = if index.is_multiple_of(2) {
+            let first = measure(bare, options.concurrency, share).await?;
+            (first, measure(daemon, options.concurrency, share).await?)
+        } else {
+            let first = measure(daemon, options.concurrency, share).await?;
+            (measure(bare, options.concurrency, share).await?, first)
+        };
+        measured.push(Round {
+            bare: bare_round.1,
+            daemon: daemon_round.1,
+        });
+        bare_reports.push(bare_round.0);
+        daemon_reports.push(daemon_round.0);
+    }
+    Ok(Comparison {
+        bare: LoadReport::merge(bare_reports),
+        load: LoadReport::merge(daemon_reports),
+        rounds: measured,
+    })
+}
+
+async fn warm_up(server: &Server<'_>, options: &EdgeOptions) -> anyhow::Result<()> {
+    if options.warmup.is_zero() {
+        return Ok(());
+    }
+    let warmup = load::run_for(server.target, options.concurrency, options.warmup).await?;
+    if warmup.failed > 0 {
+        eprintln!(
+            "goose-api-bench: {} of {} warm-up requests to {} failed, the first: {:?}",
+            warmup.failed,
+            warmup.requests(),
+            server.name,
+            warmup.failure_samples
+        );
+    }
+    Ok(())
+}
+
+/// Loads one server for `duration` and reads the CPU time its process used meanwhile.
+async fn measure(
+    server: &Server<'_>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(LoadReport, ServerRound)> {
+    let cpu_before = process::cpu_time(server.pid)?;
+    let report = load::run_for(server.target, concurrency, duration).await?;
+    let cpu = process::cpu_time(server.pid)?.saturating_sub(cpu_before);
+    let round = ServerRound {
+        requests_per_second: report.requests_per_second(),
+        requests: report.latencies.len() as u64,
+        cpu,
+    };
+    Ok((report, round))
 }
 
 /// Makes the plan's rename-saves while the load generator runs, and stops the load after

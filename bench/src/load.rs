@@ -107,7 +107,7 @@ impl Connection {
 }
 
 /// Totals of one load run.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LoadReport {
     /// Latencies of the requests that returned 200.
     pub latencies: Latencies,
@@ -129,6 +129,21 @@ impl LoadReport {
     /// Requests sent, failed or not.
     pub fn requests(&self) -> u64 {
         self.latencies.len() as u64 + self.failed
+    }
+
+    /// Joins the reports of runs made one after another, adding their elapsed times.
+    pub fn merge(reports: Vec<Self>) -> Self {
+        let mut samples = Vec::new();
+        let mut merged = Self::default();
+        for report in reports {
+            samples.extend(report.latencies.into_samples());
+            merged.failed += report.failed;
+            merged.failure_samples.extend(report.failure_samples);
+            merged.elapsed += report.elapsed;
+        }
+        merged.failure_samples.truncate(MAX_FAILURE_SAMPLES);
+        merged.latencies = Latencies::from_unsorted(samples);
+        merged
     }
 }
 

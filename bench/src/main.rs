@@ -109,9 +109,12 @@ struct SessionsArgs {
 
 #[derive(Debug, Args)]
 struct EdgeArgs {
-    /// Measured load per server, in seconds.
+    /// Measured load per server, in seconds, split over the rounds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     duration: u64,
+    /// Rounds of the throughput comparison; each round loads both servers in turn.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: u16,
     /// Unmeasured load before each measured run, in seconds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
     warmup: u64,
@@ -159,6 +162,7 @@ fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     let options = edge::EdgeOptions {
         daemon,
         duration: Duration::from_secs(args.duration),
+        rounds: usize::from(args.rounds),
         warmup: Duration::from_secs(args.warmup),
         concurrency: usize::from(args.concurrency),
         reloads: usize::from(args.reloads),

@@ -133,6 +133,27 @@ pub fn start_hello() -> anyhow::Result<ChildProcess> {
     ChildProcess::wait_for_address("bare axum", child, stdout, hello_address, |_| false)
 }
 
+/// Clock ticks per second of the times in `/proc/<pid>/stat`; Linux fixes it at 100.
+const USER_HZ: u64 = 100;
+
+/// Reads the CPU time, user and system, that process `pid` has used, all threads counted.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name in field 2 may hold spaces, so fields are counted after its ')'.
+    let ticks = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
+        .and_then(|fields| {
+            // utime and stime are fields 14 and 15; the slice starts at field 3.
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .with_context(|| format!("{path} has no utime and stime fields"))?;
+    Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
 /// Reads VmRSS and VmHWM of process `pid`.
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let path = format!("/proc/{pid}/status");

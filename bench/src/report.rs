@@ -4,7 +4,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::edge::{EdgeOptions, EdgeResults};
+use crate::edge::{EdgeOptions, EdgeResults, Round, ServerRound};
 use crate::load::LoadReport;
 use crate::process::Memory;
 use crate::reload::{MAX_CONSECUTIVE_MISSES, ReloadReport};
@@ -24,10 +24,12 @@ pub fn print(options: &EdgeOptions, results: &EdgeResults) {
 fn render(options: &EdgeOptions, results: &EdgeResults) -> String {
     let mut lines = vec![
         format!(
-            "Parameters: {} keep-alive connections; {} s measured after a {} s warm-up per \
-             server; {} rename-saves per reload phase, polled every {} ms, each given {} ms.",
+            "Parameters: {} keep-alive connections; {} s measured per server in {} rounds \
+             that alternate the servers, after a {} s warm-up each; {} rename-saves per reload \
+             phase, polled every {} ms, each given {} ms.",
             options.concurrency,
             options.duration.as_secs(),
+            options.rounds,
             options.warmup.as_secs(),
             options.reloads,
             options.poll_interval.as_millis(),
@@ -115,6 +117,14 @@ fn rows(results: &EdgeResults) -> Vec<Row> {
             ratio >= TARGET_THROUGHPUT_RATIO,
         ),
         Row::info(
+            "Ratio per round: median (lowest to highest)",
+            round_ratios(&results.rounds),
+        ),
+        Row::info(
+            "Server CPU time per request: bare axum / goose-api",
+            cpu_per_request(&results.rounds),
+        ),
+        Row::info(
             "Requests not 200 in the two runs above",
             format!("{} of {}", thousands(load_failed), thousands(load_requests)),
         ),
@@ -143,6 +153,51 @@ fn rows(results: &EdgeResults) -> Vec<Row> {
         ),
         memory_at_end_row(&daemon.memory_at_end),
     ]
+}
+
+fn round_ratios(rounds: &[Round]) -> String {
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(Round::ratio)
+        .filter(|ratio| ratio.is_finite())
+        .collect();
+    if ratios.is_empty() {
+        return "n/a".to_owned();
+    }
+    ratios.sort_by(f64::total_cmp);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len().is_multiple_of(2) {
+        f64::midpoint(ratios[middle - 1], ratios[middle])
+    } else {
+        ratios[middle]
+    };
+    format!(
+        "{median:.2} ({:.2} to {:.2}, {} rounds)",
+        ratios[0],
+        ratios[ratios.len() - 1],
+        ratios.len()
+    )
+}
+
+/// CPU time of each server process over all rounds, per request that returned 200.
+fn cpu_per_request(rounds: &[Round]) -> String {
+    let per_request = |pick: fn(&Round) -> ServerRound| {
+        let (cpu, requests) = rounds
+            .iter()
+            .map(pick)
+            .fold((Duration::ZERO, 0_u64), |(cpu, requests), round| {
+                (cpu + round.cpu, requests + round.requests)
+            });
+        if requests == 0 {
+            return "n/a".to_owned();
+        }
+        format!("{:.1} µs", cpu.as_secs_f64() * 1e6 / requests as f64)
+    };
+    format!(
+        "{} / {}",
+        per_request(|round| round.bare),
+        per_request(|round| round.daemon)
+    )
 }
 
 fn reload_row(measure: &str, report: &ReloadReport) -> Row {

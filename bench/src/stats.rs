@@ -27,6 +27,11 @@ impl Latencies {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// Returns the samples, sorted.
+    pub fn into_samples(self) -> Vec<Duration> {
+        self.0
+    }
 }
 
 #[cfg(test)]
