@@ -13,31 +13,51 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::config::ConfigHandle;
+use crate::config::{ConfigHandle, Role};
 use crate::extensions::Registry;
 pub use error::ApiError;
+use middleware::{Access, GuardLayer, ObserveLayer};
 pub use openapi::ApiDoc;
 
-/// State shared by every handler.
+/// State shared by every handler. It sits behind one `Arc`, because middleware clones it
+/// per request and each clone of a shared count costs the two cores a cache-line transfer.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// Wraps the services for the router.
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The daemon's subsystems, as handlers see them through [`AppState`].
+#[derive(Debug)]
+pub struct Services {
     /// The live configuration.
     pub config: ConfigHandle,
     /// Whether the daemon accepts work.
     pub readiness: Readiness,
     /// Sessions and their turns.
-    pub sessions: std::sync::Arc<crate::sessions::SessionManager>,
+    pub sessions: Arc<crate::sessions::SessionManager>,
     /// Prometheus metrics.
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Tools, with calls in flight counted per extension.
-    pub tools: std::sync::Arc<crate::tools::CountingTools>,
+    pub tools: Arc<crate::tools::CountingTools>,
     /// The extensions and their tools.
     pub extensions: Registry,
     /// Request rates per key.
@@ -88,7 +108,13 @@ pub fn router(state: AppState) -> Router {
         .route("/extensions/list", get(extensions::list_names))
         .route("/extensions", get(extensions::list))
         .route("/extensions/{name}", get(extensions::show))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+        .route_layer(GuardLayer::new(
+            state.clone(),
+            Access {
+                role: Role::User,
+                timed: false,
+            },
+        ));
     let user_timed = Router::new()
         .route("/session/start", post(sessions::start))
         .route("/session/reply", post(sessions::reply))
@@ -105,25 +131,34 @@ pub fn router(state: AppState) -> Router {
             "/extensions/{name}/tools/{tool}",
             post(extensions::call_tool),
         )
-        .route_layer(from_fn(middleware::time_limit))
-        .route_layer(from_fn(middleware::limit_body))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+        .route_layer(GuardLayer::new(
+            state.clone(),
+            Access {
+                role: Role::User,
+                timed: true,
+            },
+        ))
+        // The guard enforces limits.max_body_bytes, so axum's own default limit is off.
+        .route_layer(DefaultBodyLimit::disable());
     let admin = Router::new()
         .route("/config/status", get(routes::config_status))
         .route("/config/reload", post(routes::config_reload))
         .route("/extensions/add", post(extensions::add))
         .route("/extensions/remove", post(extensions::remove))
-        .route_layer(from_fn(middleware::time_limit))
-        .route_layer(from_fn(middleware::limit_body))
-        .route_layer(from_fn(middleware::require_admin))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+        .route_layer(GuardLayer::new(
+            state.clone(),
+            Access {
+                role: Role::Admin,
+                timed: true,
+            },
+        ))
+        .route_layer(DefaultBodyLimit::disable());
 
     let origins = state.config.current().config.cors.allowed_origins.clone();
     let edge = ServiceBuilder::new()
-        .layer(from_fn_with_state(state.clone(), middleware::observe))
+        .layer(ObserveLayer::new(state.clone()))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .option_layer(cors_layer(&origins))
-        .layer(DefaultBodyLimit::disable());
+        .option_layer(cors_layer(&origins));
 
     Router::new()
         .merge(public)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{self, ConfigHandle};
 use crate::extensions::Registry;
-use crate::http::{self, AppState, Readiness};
+use crate::http::{self, AppState, Readiness, Services};
 use crate::metrics::Metrics;
 use crate::sessions::SessionManager;
 use crate::store::Store;
@@ -57,7 +57,7 @@ pub async fn run(
         metrics.clone(),
     ));
     let sweeper = spawn_idle_sweeper(sessions.clone(), config.clone(), shutdown.child_token());
-    let state = AppState {
+    let state = AppState::new(Services {
         config: config.clone(),
         readiness: readiness.clone(),
         sessions: sessions.clone(),
@@ -65,7 +65,7 @@ pub async fn run(
         tools,
         extensions: extensions.clone(),
         rate_limits: Arc::default(),
-    };
+    });
     let app = http::router(state);
     let (mut server, cert_watcher) = match tls_certs(&config, &working_dir)? {
         None => (spawn_server(listener, app, shutdown.clone()), None),

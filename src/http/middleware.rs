@@ -1,21 +1,34 @@
-//! Request middleware: config snapshot, authentication, body limit, timeout, error logging.
+//! Request middleware, as two tower services with futures of their own type.
+//!
+//! [`ObserveLayer`] wraps every route: request id, config snapshot, span, metrics and the
+//! log line. [`GuardLayer`] wraps the routes that need a key: authentication, the key's
+//! request rate, the admin check, and for routes that read a body or do I/O the body limit
+//! and the timeout. They are hand-written rather than `axum::middleware::from_fn`, which
+//! boxes a future and clones the inner service per request and per layer.
 
 use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::MatchedPath;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use super::AppState;
 use super::error::{ApiError, InternalCause};
-use crate::config::{Caller, Role, Snapshot};
+use super::rate_limit;
+use crate::config::{Role, Snapshot};
+use crate::limits::RateDecision;
 
 /// Header that carries the API key, as in the original goose-api.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -24,31 +37,344 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Maximum length of a client request id; a longer one is replaced by a new UUID.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
-/// Rejects requests without a valid key with 401, attaches the [`Caller`], and applies the
-/// key's request rate. One middleware does both, because each layer costs a boxed future.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let snapshot = snapshot_of(&req)?;
-    let caller = presented_key(req.headers())
-        .and_then(|key| snapshot.keys.authenticate(key))
-        .ok_or(ApiError::Unauthorized)?;
-    tracing::debug!(key_name = %caller.name, "authenticated");
-    req.extensions_mut().insert(caller.clone());
-    Ok(super::rate_limit::run_within_rate(&state, &snapshot, &caller, req, next).await)
+/// Adds [`Observe`] to every route.
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    state: AppState,
 }
 
-/// Rejects callers whose key is not an admin key with 403. Runs after [`authenticate`].
-pub async fn require_admin(caller: Caller, req: Request, next: Next) -> Result<Response, ApiError> {
-    if caller.role != Role::Admin {
-        return Err(ApiError::Forbidden(format!(
-            "this route needs an admin key, and key {:?} has the user role",
-            caller.name
-        )));
+impl ObserveLayer {
+    /// Observes requests with the metrics and config of `state`.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
     }
-    Ok(next.run(req).await)
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Assigns the request id (the client's `x-request-id`, or a new UUID) and echoes it on the
+/// response, and attaches the current config snapshot, which the request keeps to its end.
+/// It runs the request in a span named by its matched route and records it in the metrics.
+/// It logs our own failures at error level, upstream failures at warn level and everything
+/// else at debug level.
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S, B> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let request_id = request_id_of(&req);
+        req.headers_mut()
+            .insert(REQUEST_ID_HEADER, request_id.clone());
+        req.extensions_mut().insert(self.state.config.current());
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        let span = {
+            let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let id_text = request_id.to_str().unwrap_or("-");
+            tracing::debug_span!("request", %method, route, request_id = id_text)
+        };
+        ObserveFuture {
+            inner: self.inner.call(req).instrument(span),
+            finish: Some(Finish {
+                state: self.state.clone(),
+                request_id,
+                route,
+                method,
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`Observe`]: the route's future, then the metrics and the log line.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        finish: Option<Finish>,
+    }
+}
+
+impl<F, B> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(Ok(match this.finish.take() {
+            Some(finish) => finish.record(response),
+            None => response,
+        }))
+    }
+}
+
+/// What [`ObserveFuture`] needs once the response is there.
+struct Finish {
+    state: AppState,
+    request_id: HeaderValue,
+    route: Option<MatchedPath>,
+    method: Method,
+    started: Instant,
+}
+
+impl Finish {
+    fn record<B>(self, mut response: Response<B>) -> Response<B> {
+        let elapsed = self.started.elapsed();
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let method = &self.method;
+        let status = response.status();
+        let metrics = &self.state.metrics;
+        metrics
+            .http_requests
+            .with_label_values(&[route, method.as_str(), status.as_str()])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        let id_text = self.request_id.to_str().unwrap_or("-");
+        let cause = response.extensions_mut().remove::<InternalCause>();
+        let cause = cause
+            .map(|cause| cause.0.to_string())
+            .or_else(|| (status == StatusCode::INTERNAL_SERVER_ERROR).then(|| status.to_string()));
+        if let Some(cause) = cause {
+            tracing::error!(
+                request_id = id_text,
+                %method,
+                route,
+                status = status.as_u16(),
+                error = %cause,
+                "request failed"
+            );
+        } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // An upstream failure (502, 504) is the provider's or an extension's, not ours.
+            tracing::warn!(
+                request_id = id_text,
+                %method,
+                route,
+                status = status.as_u16(),
+                "request failed upstream"
+            );
+        } else {
+            tracing::debug!(
+                request_id = id_text,
+                %method,
+                route,
+                status = status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request finished"
+            );
+        }
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, self.request_id);
+        response
+    }
+}
+
+/// What a group of routes asks of the caller and of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    /// Role the key must have; a user key passes a user route, an admin key passes both.
+    pub role: Role,
+    /// Whether the routes read a body or do I/O, and so get the body limit and the timeout.
+    pub timed: bool,
+}
+
+/// Adds [`Guard`] to a group of routes.
+#[derive(Debug, Clone)]
+pub struct GuardLayer {
+    state: AppState,
+    access: Access,
+}
+
+impl GuardLayer {
+    /// Guards routes with the keys and limits of `state`'s current snapshot.
+    pub fn new(state: AppState, access: Access) -> Self {
+        Self { state, access }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            state: self.state.clone(),
+            access: self.access,
+        }
+    }
+}
+
+/// Rejects a request without a valid key with 401, counts it against its key's request
+/// rate (429 over it), rejects a user key on an admin route with 403, and attaches the
+/// [`crate::config::Caller`]. On timed routes a declared body over
+/// `limits.max_body_bytes` fails at once with 413, reading past it fails too, and a handler
+/// without a response head within `limits.request_timeout_secs` fails with 503; a streaming
+/// body is not cut off. All of this runs before the body is read.
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: AppState,
+    access: Access,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(snapshot) = req.extensions().get::<Arc<Snapshot>>() else {
+            let missing = anyhow::anyhow!("config snapshot layer missing");
+            return GuardFuture::rejected(ApiError::Internal(missing).into_response());
+        };
+        let Some(caller) =
+            presented_key(req.headers()).and_then(|key| snapshot.keys.authenticate(key))
+        else {
+            return GuardFuture::rejected(ApiError::Unauthorized.into_response());
+        };
+        tracing::debug!(key_name = %caller.name, "authenticated");
+        let rate = rate_limit::decide(&self.state, snapshot, &caller);
+        if let Some(decision) = rate.as_ref().filter(|decision| !decision.allowed) {
+            let mut response = rate_limit::rejection(&self.state, &caller, decision);
+            rate_limit::set_headers(response.headers_mut(), decision);
+            return GuardFuture::rejected(response);
+        }
+        let limits = &snapshot.config.limits;
+        let (body_limit, timeout_secs) = (limits.max_body_bytes, limits.request_timeout_secs);
+        let refusal = if self.access.role == Role::Admin && caller.role != Role::Admin {
+            Some(ApiError::Forbidden(format!(
+                "this route needs an admin key, and key {:?} has the user role",
+                caller.name
+            )))
+        } else if self.access.timed && declared_length(req.headers()) > Some(body_limit) {
+            Some(ApiError::PayloadTooLarge { limit: body_limit })
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            let mut response = refusal.into_response();
+            if let Some(decision) = &rate {
+                rate_limit::set_headers(response.headers_mut(), decision);
+            }
+            return GuardFuture::rejected(response);
+        }
+        req.extensions_mut().insert(caller);
+        let deadline = if self.access.timed {
+            let capped = usize::try_from(body_limit).unwrap_or(usize::MAX);
+            req = req.map(|body| Body::new(Limited::new(body, capped)));
+            Some(Box::pin(tokio::time::sleep(Duration::from_secs(
+                timeout_secs,
+            ))))
+        } else {
+            None
+        };
+        GuardFuture::Running {
+            future: self.inner.call(req),
+            deadline,
+            timeout_secs,
+            rate,
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`Guard`]: a ready rejection, or the route's future under the timeout.
+    #[project = GuardProjection]
+    pub enum GuardFuture<F> {
+        /// The request was refused before the route ran.
+        Rejected { response: Option<Response> },
+        /// The route runs.
+        Running {
+            #[pin]
+            future: F,
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+            timeout_secs: u64,
+            rate: Option<RateDecision>,
+        },
+    }
+}
+
+impl<F> GuardFuture<F> {
+    fn rejected(response: Response) -> Self {
+        Self::Rejected {
+            response: Some(response),
+        }
+    }
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProjection::Rejected { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()))),
+            GuardProjection::Running {
+                future,
+                deadline,
+                timeout_secs,
+                rate,
+            } => {
+                let mut response = if let Poll::Ready(Ok(response)) = future.poll(cx) {
+                    response
+                } else if deadline
+                    .as_mut()
+                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+                {
+                    ApiError::Timeout {
+                        secs: *timeout_secs,
+                    }
+                    .into_response()
+                } else {
+                    return Poll::Pending;
+                };
+                if let Some(decision) = rate.as_ref() {
+                    rate_limit::set_headers(response.headers_mut(), decision);
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
 }
 
 /// Returns the key from `x-api-key`, else from `Authorization: Bearer`.
@@ -61,99 +387,11 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Enforces `limits.max_body_bytes`: a declared length over it fails at once with 413, and
-/// the body is wrapped so that reading past the limit fails too.
-pub async fn limit_body(req: Request, next: Next) -> Result<Response, ApiError> {
-    let limit = snapshot_of(&req)?.config.limits.max_body_bytes;
-    let declared = req
-        .headers()
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let capped = usize::try_from(limit).unwrap_or(usize::MAX);
-    let req = req.map(|body| Body::new(Limited::new(body, capped)));
-    Ok(next.run(req).await)
-}
-
-/// Fails a handler that has not produced a response within `limits.request_timeout_secs`.
-///
-/// Only the time to the response head counts, so a streaming body is not cut off.
-pub async fn time_limit(req: Request, next: Next) -> Result<Response, ApiError> {
-    let secs = snapshot_of(&req)?.config.limits.request_timeout_secs;
-    tokio::time::timeout(Duration::from_secs(secs), next.run(req))
-        .await
-        .map_err(|_| ApiError::Timeout { secs })
-}
-
-/// Runs the per-request edge work in one layer, because each layer costs a boxed future.
-///
-/// It assigns the request id (the client's `x-request-id`, or a new UUID) and echoes it on
-/// the response, and attaches the current config snapshot. It runs the request in a span
-/// named by its matched route and records it in the metrics. It logs our own failures at
-/// error level, upstream failures at warn level and everything else at debug level.
-pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let request_id = request_id_of(&req);
-    req.headers_mut()
-        .insert(REQUEST_ID_HEADER, request_id.clone());
-    req.extensions_mut().insert(state.config.current());
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = req.method().clone();
-    let id_text = request_id.to_str().unwrap_or("-");
-    let span = tracing::debug_span!("request", %method, route, request_id = id_text);
-    let started = std::time::Instant::now();
-    let mut response = next.run(req).instrument(span).await;
-    let elapsed = started.elapsed();
-    response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, request_id.clone());
-    let status = response.status();
-    let metrics = &state.metrics;
-    metrics
-        .http_requests
-        .with_label_values(&[route, method.as_str(), status.as_str()])
-        .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    let cause = response.extensions_mut().remove::<InternalCause>();
-    let cause = cause
-        .map(|cause| cause.0.to_string())
-        .or_else(|| (status == StatusCode::INTERNAL_SERVER_ERROR).then(|| status.to_string()));
-    if let Some(cause) = cause {
-        tracing::error!(
-            request_id = id_text,
-            %method,
-            route,
-            status = status.as_u16(),
-            error = %cause,
-            "request failed"
-        );
-    } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-        // An upstream failure (502, 504) is the provider's or an extension's, not ours.
-        tracing::warn!(
-            request_id = id_text,
-            %method,
-            route,
-            status = status.as_u16(),
-            "request failed upstream"
-        );
-    } else {
-        tracing::debug!(
-            request_id = id_text,
-            %method,
-            route,
-            status = status.as_u16(),
-            latency_ms,
-            "request finished"
-        );
-    }
-    response
+        .and_then(|value| value.parse::<u64>().ok())
 }
 
 /// Returns the client's request id if it is a short printable value, else a new UUID.
@@ -173,7 +411,7 @@ fn request_id_of(req: &Request) -> HeaderValue {
     }
 }
 
-/// Turns a panic in a handler into a 500 whose cause is logged by [`observe`].
+/// Turns a panic in a handler into a 500 whose cause is logged by [`Observe`].
 pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let detail = panic
         .downcast_ref::<String>()
@@ -181,11 +419,4 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_else(|| "unknown panic payload".to_owned());
     ApiError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
-}
-
-fn snapshot_of(req: &Request) -> Result<Arc<Snapshot>, ApiError> {
-    req.extensions()
-        .get::<Arc<Snapshot>>()
-        .cloned()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("config snapshot layer missing")))
 }

@@ -21,6 +21,8 @@ pub struct RateDecision {
     pub allowed: bool,
     /// The key's requests per minute.
     pub limit: u32,
+    /// Requests the key may send at once after a pause.
+    pub burst: u32,
     /// Requests the key may send right now.
     pub remaining: u32,
     /// Seconds until the key may send a full burst again.
@@ -50,6 +52,7 @@ impl RateLimits {
                 RateDecision {
                     allowed: true,
                     limit: rate.get(),
+                    burst: burst.get(),
                     remaining,
                     reset_secs: ceil_secs(interval * (burst.get() - remaining)),
                     retry_after_secs: 0,
@@ -60,6 +63,7 @@ impl RateLimits {
                 RateDecision {
                     allowed: false,
                     limit: rate.get(),
+                    burst: burst.get(),
                     remaining: 0,
                     reset_secs: ceil_secs(wait + interval * (burst.get() - 1)),
                     retry_after_secs: ceil_secs(wait).max(1),
