@@ -10,7 +10,7 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
 use pin_project_lite::pin_project;
+use prometheus::{Histogram, IntCounter};
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -29,6 +30,7 @@ use super::error::{ApiError, InternalCause};
 use super::rate_limit;
 use crate::config::{Role, Snapshot};
 use crate::limits::RateDecision;
+use crate::metrics::Metrics;
 
 /// Header that carries the API key, as in the original goose-api.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -53,16 +55,22 @@ impl ObserveLayer {
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
+    /// Called once per route, so each route gets its own [`RouteMetrics`].
     fn layer(&self, inner: S) -> Observe<S> {
         Observe {
             inner,
             state: self.state.clone(),
+            route_metrics: Arc::new(RouteMetrics {
+                metrics: self.state.metrics.clone(),
+                duration: OnceLock::new(),
+                common: OnceLock::new(),
+            }),
         }
     }
 }
 
-/// Assigns the request id (the client's `x-request-id`, or a new UUID) and echoes it on the
-/// response, and attaches the current config snapshot, which the request keeps to its end.
+/// Assigns the request id (the client's `x-request-id`, or a new UUID), which names the
+/// request in its span and log line and comes back on the response, and attaches the current config snapshot, which the request keeps to its end.
 /// It runs the request in a span named by its matched route and records it in the metrics.
 /// It logs our own failures at error level, upstream failures at warn level and everything
 /// else at debug level.
@@ -70,6 +78,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     state: AppState,
+    route_metrics: Arc<RouteMetrics>,
 }
 
 impl<S, B> Service<Request> for Observe<S>
@@ -86,8 +95,6 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let request_id = request_id_of(&req);
-        req.headers_mut()
-            .insert(REQUEST_ID_HEADER, request_id.clone());
         req.extensions_mut().insert(self.state.config.current());
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
@@ -99,7 +106,7 @@ where
         ObserveFuture {
             inner: self.inner.call(req).instrument(span),
             finish: Some(Finish {
-                state: self.state.clone(),
+                route_metrics: self.route_metrics.clone(),
                 request_id,
                 route,
                 method,
@@ -136,7 +143,7 @@ where
 
 /// What [`ObserveFuture`] needs once the response is there.
 struct Finish {
-    state: AppState,
+    route_metrics: Arc<RouteMetrics>,
     request_id: HeaderValue,
     route: Option<MatchedPath>,
     method: Method,
@@ -149,15 +156,7 @@ impl Finish {
         let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let method = &self.method;
         let status = response.status();
-        let metrics = &self.state.metrics;
-        metrics
-            .http_requests
-            .with_label_values(&[route, method.as_str(), status.as_str()])
-            .inc();
-        metrics
-            .http_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        self.route_metrics.record(route, method, status, elapsed);
         let id_text = self.request_id.to_str().unwrap_or("-");
         let cause = response.extensions_mut().remove::<InternalCause>();
         let cause = cause
@@ -195,6 +194,46 @@ impl Finish {
             .headers_mut()
             .insert(REQUEST_ID_HEADER, self.request_id);
         response
+    }
+}
+
+/// The metric children of one route, looked up on its first request rather than on each:
+/// a look-up takes the metric vector's lock and hashes the labels.
+#[derive(Debug)]
+struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    /// Route label and its latency histogram.
+    duration: OnceLock<(String, Histogram)>,
+    /// Labels and counter of the first outcome seen, which is the common one of most routes.
+    common: OnceLock<(String, Method, StatusCode, IntCounter)>,
+}
+
+impl RouteMetrics {
+    fn record(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+        let metrics = &self.metrics;
+        let (label, histogram) = self.duration.get_or_init(|| {
+            let histogram = metrics.http_duration.with_label_values(&[route]);
+            (route.to_owned(), histogram)
+        });
+        // A route's instance sees one matched path; the check only guards that assumption.
+        if label == route {
+            histogram.observe(elapsed.as_secs_f64());
+        } else {
+            metrics
+                .http_duration
+                .with_label_values(&[route])
+                .observe(elapsed.as_secs_f64());
+        }
+        let labels = [route, method.as_str(), status.as_str()];
+        let (common_route, common_method, common_status, counter) = self.common.get_or_init(|| {
+            let counter = metrics.http_requests.with_label_values(&labels);
+            (route.to_owned(), method.clone(), status, counter)
+        });
+        if common_route == route && common_method == method && *common_status == status {
+            counter.inc();
+        } else {
+            metrics.http_requests.with_label_values(&labels).inc();
+        }
     }
 }
 

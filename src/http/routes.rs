@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -67,13 +68,20 @@ pub struct ProviderConfigResponse {
     responses(
         (status = 200, description = "Current provider", body = ProviderConfigResponse),
         (status = 401, description = "Missing or invalid key", body = ErrorBody)))]
-pub async fn provider_config(
-    CurrentConfig(snapshot): CurrentConfig,
-) -> Json<ProviderConfigResponse> {
-    Json(ProviderConfigResponse {
-        provider: snapshot.config.provider.clone(),
-        model: snapshot.config.model.clone(),
+pub async fn provider_config(CurrentConfig(snapshot): CurrentConfig) -> Response {
+    /// [`ProviderConfigResponse`] borrowed from the snapshot, so the hot route copies no
+    /// string before serializing.
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        provider: &'a str,
+        model: &'a str,
+    }
+    let config = &snapshot.config;
+    Json(Borrowed {
+        provider: &config.provider,
+        model: &config.model,
     })
+    .into_response()
 }
 
 /// Body of `GET /config/status`.
@@ -232,9 +240,7 @@ pub async fn metrics(
 #[utoipa::path(get, path = "/metrics/prometheus", tag = "daemon",
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn prometheus_metrics(
-    State(state): State<AppState>,
-) -> impl axum::response::IntoResponse {
+pub async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = &state.metrics;
     let (live, _running) = state.sessions.live_counts();
     metrics
