@@ -59,8 +59,8 @@ where
 
 fn body_limit(req: &Request) -> u64 {
     req.extensions()
-        .get::<Arc<Snapshot>>()
-        .map(|snapshot| snapshot.config.limits.max_body_bytes)
+        .get::<RequestContext>()
+        .map(|context| context.snapshot.config.limits.max_body_bytes)
         .unwrap_or(crate::config::model::DEFAULT_MAX_BODY_BYTES)
 }
 
@@ -78,6 +78,23 @@ fn json_rejection(rejection: JsonRejection, limit: u64) -> ApiError {
     }
 }
 
+/// What the middleware attaches to a request, in one extension: the extension map of a
+/// request holds axum's entries too, and a fourth entry would make it grow.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The config snapshot the request loaded when it started.
+    pub snapshot: Arc<Snapshot>,
+    /// The key's name and role, once the guard has authenticated the request.
+    pub caller: Option<Caller>,
+}
+
+fn context(parts: &Parts) -> Result<&RequestContext, ApiError> {
+    parts
+        .extensions
+        .get::<RequestContext>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("request context layer missing")))
+}
+
 /// The snapshot the request loaded when it started.
 #[derive(Debug, Clone)]
 pub struct CurrentConfig(pub Arc<Snapshot>);
@@ -86,12 +103,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentConfig {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Arc<Snapshot>>()
-            .cloned()
-            .map(Self)
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("config snapshot layer missing")))
+        context(parts).map(|context| Self(context.snapshot.clone()))
     }
 }
 
@@ -99,10 +111,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or(ApiError::Unauthorized)
+        context(parts)?.caller.clone().ok_or(ApiError::Unauthorized)
     }
 }

@@ -27,8 +27,9 @@ use tracing::instrument::Instrumented;
 
 use super::AppState;
 use super::error::{ApiError, InternalCause};
+use super::extract::RequestContext;
 use super::rate_limit;
-use crate::config::{Role, Snapshot};
+use crate::config::Role;
 use crate::limits::RateDecision;
 use crate::metrics::Metrics;
 
@@ -95,7 +96,10 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let request_id = request_id_of(&req);
-        req.extensions_mut().insert(self.state.config.current());
+        req.extensions_mut().insert(RequestContext {
+            snapshot: self.state.config.current(),
+            caller: None,
+        });
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
         let span = {
@@ -297,13 +301,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let Some(snapshot) = req.extensions().get::<Arc<Snapshot>>() else {
-            let missing = anyhow::anyhow!("config snapshot layer missing");
+    fn call(&mut self, req: Request) -> Self::Future {
+        // Split, so the context can be changed while the headers are read.
+        let (mut parts, body) = req.into_parts();
+        let Some(context) = parts.extensions.get_mut::<RequestContext>() else {
+            let missing = anyhow::anyhow!("request context layer missing");
             return GuardFuture::rejected(ApiError::Internal(missing).into_response());
         };
+        let snapshot = &context.snapshot;
         let Some(caller) =
-            presented_key(req.headers()).and_then(|key| snapshot.keys.authenticate(key))
+            presented_key(&parts.headers).and_then(|key| snapshot.keys.authenticate(key))
         else {
             return GuardFuture::rejected(ApiError::Unauthorized.into_response());
         };
@@ -321,7 +328,7 @@ where
                 "this route needs an admin key, and key {:?} has the user role",
                 caller.name
             )))
-        } else if self.access.timed && declared_length(req.headers()) > Some(body_limit) {
+        } else if self.access.timed && declared_length(&parts.headers) > Some(body_limit) {
             Some(ApiError::PayloadTooLarge { limit: body_limit })
         } else {
             None
@@ -333,18 +340,16 @@ where
             }
             return GuardFuture::rejected(response);
         }
-        req.extensions_mut().insert(caller);
-        let deadline = if self.access.timed {
+        context.caller = Some(caller);
+        let (body, deadline) = if self.access.timed {
             let capped = usize::try_from(body_limit).unwrap_or(usize::MAX);
-            req = req.map(|body| Body::new(Limited::new(body, capped)));
-            Some(Box::pin(tokio::time::sleep(Duration::from_secs(
-                timeout_secs,
-            ))))
+            let sleep = tokio::time::sleep(Duration::from_secs(timeout_secs));
+            (Body::new(Limited::new(body, capped)), Some(Box::pin(sleep)))
         } else {
-            None
+            (body, None)
         };
         GuardFuture::Running {
-            future: self.inner.call(req),
+            future: self.inner.call(Request::from_parts(parts, body)),
             deadline,
             timeout_secs,
             rate,
