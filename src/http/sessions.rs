@@ -18,7 +18,7 @@ use super::extract::ApiJson;
 use crate::agent::{ProviderError, ToolChoice, TurnEnd};
 use crate::config::Caller;
 use crate::sessions::{SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
-use crate::store::{KeyUsage, MessageRecord, SessionRecord};
+use crate::store::{KeyUsage, MessageRecord, SessionRecord, StoreError};
 
 /// Default and maximum page sizes of the listing routes.
 const DEFAULT_PAGE: i64 = 50;
@@ -117,6 +117,9 @@ impl From<SessionError> for ApiError {
                 Self::Conflict("the turn was cancelled".to_owned())
             }
             SessionError::Provider(error) => Self::BadGateway(error.to_string()),
+            SessionError::Store(StoreError::SessionDeleted(id)) => {
+                Self::NotFound(format!("session {id} was deleted during this request"))
+            }
             SessionError::Store(error) => Self::Internal(error.into()),
         }
     }
