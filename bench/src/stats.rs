@@ -27,6 +27,11 @@ impl Latencies {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// The samples, in ascending order.
+    pub fn samples(&self) -> &[Duration] {
+        &self.0
+    }
 }
 
 #[cfg(test)]
