@@ -1,7 +1,8 @@
 //! The whole daemon against misbehaving neighbours at once: a provider that fails, rate
-//! limits and drops streams, an MCP server that crashes, hangs and floods, a plugin tool that
-//! panics, an invalid config edit, and a `kill -9` mid-turn followed by a restart. At the end
-//! no extension server process is left behind and the daemon has no zombie children.
+//! limits, drops streams and stalls mid-stream, an MCP server that crashes, hangs and floods,
+//! a plugin tool that panics, an invalid config edit, and a `kill -9` mid-turn followed by a
+//! restart. At the end no extension server process is left behind and the daemon has no
+//! zombie children.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +26,9 @@ const FIXTURES: &str = r#"{"fixtures": [
    "response": {"toolCalls": [{"name": "rust__big", "arguments": {"bytes": 3000000}}]}},
   {"match": {"userMessage": "panic the plugin"},
    "response": {"toolCalls": [{"name": "demo__panic", "arguments": {}}]}},
+  {"match": {"userMessage": "stall the provider"},
+   "response": {"content": "An answer whose stream stalls between its chunks."},
+   "latency": 1500, "chunkSize": 8},
   {"match": {"userMessage": "plain question"},
    "response": {"content": "A plain answer that streams in several chunks to the client."}}
 ]}"#;
@@ -52,7 +56,7 @@ const DIRECT_CALLS: [(&str, &str, &str); 3] = [
 fn config(aimock: &Aimock) -> String {
     format!(
         "port: 0\napi_key: {ADMIN_KEY}\nprovider: openai\nmodel: mock-model\nproviders:\n  \
-         openai:\n    base_url: {}/v1\n    max_retries: 1\n    read_timeout_secs: 3\n\
+         openai:\n    base_url: {}/v1\n    max_retries: 1\n    read_timeout_secs: 1\n\
          agent:\n  max_steps: 2\n  max_tool_output_chars: 20000\nextensions:\n  rust:\n    \
          type: stdio\n    cmd: {:?}\n    timeout: 2\n  demo:\n    type: plugin\n    \
          path: {:?}\nlog:\n  format: json\n",
@@ -173,7 +177,10 @@ fn spawn_turn_clients(
                 let response = reply(&http, &url, &id, prompt).await;
                 match &response {
                     Some((status, body)) => {
-                        eprintln!("{prompt:?}: {status} {}", body["status"]);
+                        eprintln!(
+                            "{prompt:?}: {status} {} {}",
+                            body["status"], body["message"]
+                        );
                         tally.record(well_formed(*status, body), Some(*status));
                     }
                     None => {
@@ -288,27 +295,25 @@ async fn start_sessions(daemon: &Daemon) -> Vec<String> {
     ids
 }
 
-/// Replies in a session until a turn succeeds, because errors that the injector queued in
-/// aimock before it stopped may still fail a few provider calls. Every answer must be
-/// well-formed.
-async fn reply_until_success(daemon: &Daemon, id: &str) {
-    let mut last = Value::Null;
-    for _ in 0..6 {
-        let (status, body) = reply(
-            &daemon.http,
-            &daemon.url("/session/reply"),
-            id,
-            "plain question",
-        )
-        .await
-        .expect("reply after restart");
-        assert!(well_formed(status, &body), "{status} {body}");
-        if status == StatusCode::OK {
+/// Sends chat requests straight to aimock until one succeeds, which consumes the errors that
+/// the injector queued and no client used.
+async fn drain_queued_errors(http: &reqwest::Client, aimock_url: &str) {
+    let request = json!({
+        "model": "mock-model",
+        "messages": [{"role": "user", "content": "plain question"}],
+    });
+    for _ in 0..500 {
+        let response = http
+            .post(format!("{aimock_url}/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .expect("send a chat request to aimock");
+        if response.status().is_success() {
             return;
         }
-        last = body;
     }
-    panic!("no successful reply after the restart; last answer {last}");
+    panic!("aimock still returns queued errors after 500 requests");
 }
 
 /// Returns the process groups of the daemon's extension servers once the stdio server runs
@@ -362,6 +367,22 @@ async fn daemon_survives_faults_and_kill() {
     }
     running.store(false, Ordering::SeqCst);
     injector.await.expect("injector task");
+    drain_queued_errors(&http, &aimock.url).await;
+
+    // With no errors queued, a stream that stalls longer than read_timeout_secs fails the
+    // turn with a 502 that names the timeout, after the retry stalls too.
+    let (status, body) = reply(
+        &http,
+        &daemon.url("/session/reply"),
+        &ids[1],
+        "stall the provider",
+    )
+    .await
+    .expect("reply to a stalled stream");
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(well_formed(status, &body), "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("timed out"), "{message}");
     let panics = direct.await.expect("direct call task");
     let errors: Vec<String> = daemon
         .stderr_text()
@@ -431,7 +452,16 @@ async fn daemon_survives_faults_and_kill() {
         Vec::<String>::new()
     );
     store_check.close().await;
-    reply_until_success(&restarted, &ids[0]).await;
+    let (status, body) = reply(
+        &restarted.http,
+        &restarted.url("/session/reply"),
+        &ids[0],
+        "plain question",
+    )
+    .await
+    .expect("reply after restart");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(well_formed(status, &body), "{body}");
 
     // A clean shutdown stops every server and leaves no process of their groups.
     let groups = server_groups(&restarted).await;
