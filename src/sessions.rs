@@ -304,10 +304,13 @@ impl SessionManager {
         if let Some((cancel, _)) = lock(&live.running).as_ref() {
             cancel.cancel();
         }
-        // Wait for a cancelled turn to stop writing before its rows are deleted.
+        // Wait for a cancelled turn to stop writing before its rows are deleted. The live
+        // state stays in the map until the rows are gone, so a reply meanwhile finds the
+        // conversation locked (409) instead of loading the session anew from rows about to
+        // be deleted.
         let _conversation = live.conversation.lock().await;
-        lock(&self.live).remove(id);
         self.store.delete_session(id).await?;
+        lock(&self.live).remove(id);
         tracing::info!(session_id = id, "session deleted");
         Ok(())
     }

@@ -39,6 +39,10 @@ pub enum StoreError {
     /// The store URL or file could not be used.
     #[error("{0}")]
     Setup(String),
+    /// The session was deleted, by another request or replica, while a message for it was
+    /// being stored.
+    #[error("session {0} was deleted while a message was being stored")]
+    SessionDeleted(String),
 }
 
 /// Stored metadata of one session.
@@ -122,6 +126,19 @@ pub struct Store {
     backend: Backend,
     /// PostgreSQL only: connections that hold turn locks.
     lock_pool: Option<AnyPool>,
+}
+
+/// Returns [`StoreError::SessionDeleted`] for a foreign key violation, which an insert of a
+/// message for a deleted session raises, and [`StoreError::Database`] for other errors.
+fn deleted_session_error(error: sqlx::Error, session_id: &str) -> StoreError {
+    let deleted = error
+        .as_database_error()
+        .is_some_and(|database| database.is_foreign_key_violation());
+    if deleted {
+        StoreError::SessionDeleted(session_id.to_owned())
+    } else {
+        StoreError::Database(error)
+    }
 }
 
 /// Returns the current time in milliseconds since the Unix epoch.
@@ -367,7 +384,8 @@ impl Store {
         .bind(now)
         .bind(summary_through)
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(|error| deleted_session_error(error, session_id))?;
         sqlx::query(
             "UPDATE sessions SET updated_at = $1, message_count = message_count + 1 \
              WHERE id = $2",

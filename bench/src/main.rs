@@ -4,13 +4,18 @@
 //! reloads, counts requests that fail during reloads under load and reads the daemon's
 //! memory. `goose-api-bench hello` is the bare server, which `edge` starts as a child.
 //! `turn` times agent turns against an instant provider, and `sessions` measures concurrent
-//! sessions, listing and memory per session on SQLite and PostgreSQL.
+//! sessions, listing and memory per session on SQLite and PostgreSQL. `mixed` runs many
+//! concurrent clients over mixed routes and counts errors.
 
 mod agent_daemon;
 mod client;
 mod edge;
 mod hello;
 mod load;
+mod mixed;
+mod mixed_monitor;
+mod mixed_report;
+mod mixed_routes;
 mod process;
 mod provider;
 mod reload;
@@ -49,6 +54,10 @@ enum Command {
     /// Measure concurrent one-turn sessions, memory per live session and session listing
     /// on SQLite and PostgreSQL; print a Markdown table.
     Sessions(SessionsArgs),
+    /// Run many concurrent clients, each on its own connection, over mixed routes for a
+    /// fixed time. Print requests per second, latency and errors per route, and the
+    /// daemon's peak memory and open files. Exit with a failure status on any error.
+    Mixed(MixedArgs),
 }
 
 /// The binaries that `turn` and `sessions` start.
@@ -108,6 +117,18 @@ struct SessionsArgs {
 }
 
 #[derive(Debug, Args)]
+struct MixedArgs {
+    #[command(flatten)]
+    binaries: AgentBinaryArgs,
+    /// Clients at once, each with its own keep-alive connection and one request in flight.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    clients: u32,
+    /// Time during which the clients send requests, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+    duration: u64,
+}
+
+#[derive(Debug, Args)]
 struct EdgeArgs {
     /// Measured load per server, in seconds, split over the rounds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -142,6 +163,7 @@ fn main() -> ExitCode {
         Command::Hello => hello::serve(),
         Command::Turn(args) => run_turn(args),
         Command::Sessions(args) => run_sessions(args),
+        Command::Mixed(args) => run_mixed(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,4 +221,15 @@ fn run_sessions(args: SessionsArgs) -> anyhow::Result<()> {
     let results = sessions::run(&options)?;
     sessions_report::print(&options, &results);
     Ok(())
+}
+
+fn run_mixed(args: MixedArgs) -> anyhow::Result<()> {
+    let options = mixed::MixedOptions {
+        binaries: agent_daemon::Binaries::locate(args.binaries.daemon, args.binaries.plugin)?,
+        clients: args.clients as usize,
+        duration: Duration::from_secs(args.duration),
+    };
+    let results = mixed::run(&options)?;
+    mixed_report::print(&options, &results);
+    mixed::ensure_no_errors(&results)
 }

@@ -32,6 +32,11 @@ impl Latencies {
     pub fn into_samples(self) -> Vec<Duration> {
         self.0
     }
+
+    /// The samples, in ascending order.
+    pub fn samples(&self) -> &[Duration] {
+        &self.0
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use super::message::Message;
 use crate::tools::ToolDefinition;
 
-/// Whether and which tool the model must call.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether and which tool the model must call: `"auto"`, `"none"`, `"required"` or
+/// `{"tool": "extension__tool"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolChoice {
     /// The model decides.

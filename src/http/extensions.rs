@@ -1,14 +1,14 @@
 //! Handlers of the extension routes: list, status, add, remove and direct tool calls.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, CurrentConfig};
+use super::extract::{ApiJson, ApiPath, CurrentConfig};
 use crate::config::ExtensionConfig;
 use crate::extensions::{ChangeError, DefinitionProblem, ExtensionStatus};
 use crate::tools::{ToolError, ToolOutput, ToolSource};
@@ -63,7 +63,7 @@ pub async fn list(State(state): State<AppState>) -> Json<ExtensionList> {
         (status = 404, description = "No such extension", body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ExtensionStatus>, ApiError> {
     state
         .extensions
@@ -168,7 +168,7 @@ pub async fn remove(
         (status = 504, description = "The call exceeded the extension's timeout", body = ErrorBody)))]
 pub async fn call_tool(
     State(state): State<AppState>,
-    Path((name, tool)): Path<(String, String)>,
+    ApiPath((name, tool)): ApiPath<(String, String)>,
     ApiJson(arguments): ApiJson<serde_json::Value>,
 ) -> Result<Json<ToolOutput>, ApiError> {
     // Dropping this handler's future, when the client disconnects, drops the call, which

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -31,7 +31,8 @@ where
     }
 }
 
-/// A JSON body that may be absent: no body and no `Content-Type` gives `None`.
+/// A JSON body that may be absent: no body and no `Content-Type` gives `None`, and so does
+/// the JSON value `null`.
 #[derive(Debug)]
 pub struct OptionalJson<T>(pub Option<T>);
 
@@ -52,8 +53,69 @@ where
         if declared_empty && !chunked && !headers.contains_key(header::CONTENT_TYPE) {
             return Ok(Self(None));
         }
-        let ApiJson(value) = ApiJson::from_request(req, state).await?;
-        Ok(Self(Some(value)))
+        let ApiJson(value) = ApiJson::<Option<T>>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A query string. A parameter that is unknown or of the wrong type is a 400 JSON error
+/// naming the query and the parameter.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let detail = rejection.body_text();
+                let detail = detail
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&detail);
+                Err(ApiError::BadRequest(format!(
+                    "invalid query string {:?}: {detail}; GET /openapi.json lists the \
+                     parameters of each route",
+                    parts.uri.query().unwrap_or_default()
+                )))
+            }
+        }
+    }
+}
+
+/// Path parameters. A parameter that cannot be decoded, such as one that is not UTF-8
+/// after percent-decoding, is a 400 JSON error naming the path.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_rejection(&rejection, parts.uri.path())),
+        }
+    }
+}
+
+fn path_rejection(rejection: &PathRejection, path: &str) -> ApiError {
+    let detail = rejection.body_text();
+    let detail = detail.strip_prefix("Invalid URL: ").unwrap_or(&detail);
+    match rejection {
+        PathRejection::FailedToDeserializePathParams(_) => ApiError::BadRequest(format!(
+            "invalid path {path:?}: {detail}; percent-encode each path segment as UTF-8"
+        )),
+        _ => ApiError::Internal(anyhow::anyhow!("path parameters are missing: {detail}")),
     }
 }
 

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,11 +14,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::agent::{ProviderError, ToolChoice, TurnEnd};
 use crate::config::Caller;
 use crate::sessions::{SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
-use crate::store::{KeyUsage, MessageRecord, SessionRecord};
+use crate::store::{KeyUsage, MessageRecord, SessionRecord, StoreError};
 
 /// Default and maximum page sizes of the listing routes.
 const DEFAULT_PAGE: i64 = 50;
@@ -28,7 +28,8 @@ const MAX_PAGE: i64 = 500;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
-    /// The first instruction.
+    /// The first instruction; it must contain a character other than whitespace.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub prompt: String,
     /// Added to the system prompt for this session.
     #[serde(default)]
@@ -41,7 +42,6 @@ pub struct StartRequest {
     pub extensions: Option<Vec<String>>,
     /// Tool choice for this turn: `auto`, `none`, `required` or `{"tool": "ext__tool"}`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<ToolChoice>,
 }
 
@@ -52,11 +52,11 @@ pub struct ReplyRequest {
     /// Session to continue; the caller's most recent session when absent.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// The follow-up instruction.
+    /// The follow-up instruction; it must contain a character other than whitespace.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub prompt: String,
     /// Tool choice for this turn.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<ToolChoice>,
 }
 
@@ -64,11 +64,11 @@ pub struct ReplyRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionReplyRequest {
-    /// The follow-up instruction.
+    /// The follow-up instruction; it must contain a character other than whitespace.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub prompt: String,
     /// Tool choice for this turn.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<ToolChoice>,
 }
 
@@ -117,6 +117,9 @@ impl From<SessionError> for ApiError {
                 Self::Conflict("the turn was cancelled".to_owned())
             }
             SessionError::Provider(error) => Self::BadGateway(error.to_string()),
+            SessionError::Store(StoreError::SessionDeleted(id)) => {
+                Self::NotFound(format!("session {id} was deleted during this request"))
+            }
             SessionError::Store(error) => Self::Internal(error.into()),
         }
     }
@@ -170,7 +173,9 @@ pub async fn reply(
 /// Replaces a session's history with a summary and returns it.
 #[utoipa::path(post, path = "/session/summarize", tag = "sessions",
     security(("api_key" = []), ("bearer" = [])), request_body = SessionIdRequest,
-    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody),
+              (status = 409, description = "A turn is running, or the session has ended",
+               body = ErrorBody)))]
 pub async fn summarize(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,7 +192,9 @@ pub async fn summarize(
 /// Ends a session; its history stays readable until deleted.
 #[utoipa::path(post, path = "/session/end", tag = "sessions",
     security(("api_key" = []), ("bearer" = [])), request_body = SessionIdRequest,
-    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody),
+              (status = 409, description = "A turn is running, or the session has ended",
+               body = ErrorBody)))]
 pub async fn end(
     State(state): State<AppState>,
     caller: Caller,
@@ -246,7 +253,8 @@ fn turn_response(report: TurnReport, session_id: String) -> TurnResponse {
 pub struct ListQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-    /// Page size, at most 500.
+    /// Page size, 50 by default.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -269,7 +277,7 @@ pub struct SessionList {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SessionList>, ApiError> {
     let limit = page_size(query.limit)?;
     let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
@@ -315,13 +323,22 @@ fn parse_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
         })
 }
 
+/// Path parameter of the `/sessions/{id}` routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionId {
+    /// Session id, as `session_id` in a turn's response.
+    pub id: String,
+}
+
 /// Query of `GET /sessions/{id}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct MessagesQuery {
     /// Return messages with a sequence number above this; 0 by default.
     pub after: Option<i64>,
-    /// Page size, at most 500.
+    /// Page size, 50 by default.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -337,14 +354,14 @@ pub struct SessionDetail {
 }
 
 /// Returns a session's metadata and a page of its messages.
-#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(MessagesQuery),
+#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(SessionId, MessagesQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = SessionDetail), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(query): Query<MessagesQuery>,
+    ApiPath(SessionId { id }): ApiPath<SessionId>,
+    ApiQuery(query): ApiQuery<MessagesQuery>,
 ) -> Result<Json<SessionDetail>, ApiError> {
     let limit = page_size(query.limit)?;
     let (session, messages) = state
@@ -362,13 +379,13 @@ pub async fn get(
 }
 
 /// Deletes a session and its messages, cancelling a running turn.
-#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions",
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(SessionId),
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(SessionId { id }): ApiPath<SessionId>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     state.sessions.delete(&caller, &id).await?;
     Ok(Json(StatusResponse {
@@ -378,14 +395,14 @@ pub async fn delete(
 }
 
 /// Cancels the running turn of a session.
-#[utoipa::path(post, path = "/sessions/{id}/cancel", tag = "sessions",
+#[utoipa::path(post, path = "/sessions/{id}/cancel", tag = "sessions", params(SessionId),
     security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = StatusResponse),
+    responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody),
               (status = 409, description = "No turn is running", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(SessionId { id }): ApiPath<SessionId>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     if !state.sessions.cancel(&caller, &id).await? {
         return Err(ApiError::Conflict(format!(
@@ -400,14 +417,14 @@ pub async fn cancel(
 
 /// Runs a turn. With `Accept: text/event-stream` the turn streams as server-sent events; a
 /// request with `Last-Event-ID` resumes the buffered turn instead of starting one.
-#[utoipa::path(post, path = "/sessions/{id}/reply", tag = "sessions",
+#[utoipa::path(post, path = "/sessions/{id}/reply", tag = "sessions", params(SessionId),
     security(("api_key" = []), ("bearer" = [])), request_body = SessionReplyRequest,
     responses((status = 200, description = "JSON answer, or an event stream", body = TurnResponse),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn session_reply(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(SessionId { id }): ApiPath<SessionId>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SessionReplyRequest>,
 ) -> Result<Response, ApiError> {

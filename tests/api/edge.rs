@@ -283,6 +283,39 @@ async fn openapi_document_lists_routes() {
 }
 
 #[tokio::test]
+async fn invalid_query_and_path_are_json_errors() {
+    let daemon = Daemon::start(&config_with_key("")).await;
+    for (path, expected) in [
+        ("/sessions?limit=abc", "limit=abc"),
+        ("/sessions?color=red", "color"),
+        ("/sessions/abc?after=x", "after=x"),
+        ("/sessions/%FF", "/sessions/%FF"),
+        ("/extensions/%FF", "/extensions/%FF"),
+    ] {
+        let (status, body) = daemon.get_value(path, ADMIN_KEY).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["code"], "bad_request", "{path}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{path}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn reload_accepts_null_body() {
+    let daemon = Daemon::start(&config_with_key("")).await;
+    let response = daemon
+        .http
+        .post(daemon.url("/config/reload"))
+        .header("x-api-key", ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn cors_is_off_unless_origins_are_configured() {
     let origin = "https://app.example.com";
     let closed = Daemon::start(&config_with_key("")).await;

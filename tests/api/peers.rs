@@ -168,22 +168,63 @@ pub async fn wait_group_gone(group: i32) {
     }
 }
 
+/// Returns the process ids of the children of process `pid`, from `/proc`.
+fn children(pid: i32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.filter_map(Result::ok) {
+        let listed = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(listed.split_whitespace().map(str::to_owned));
+    }
+    children
+}
+
+/// Returns the fields of `/proc/<pid>/stat` after the parenthesized command name: state,
+/// parent id, process group id and so on. Empty when the process is gone.
+fn stat_fields(pid: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// Returns the zombie children of process `pid`, from `/proc`.
 pub fn zombie_children(pid: i32) -> Vec<String> {
-    let mut zombies = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return zombies;
-    };
-    for task in tasks.filter_map(Result::ok) {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace() {
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            // The state follows the parenthesized command name.
-            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-            if state == Some(Some('Z')) {
-                zombies.push(child.to_owned());
-            }
+    children(pid)
+        .into_iter()
+        .filter(|child| stat_fields(child).first().is_some_and(|state| state == "Z"))
+        .collect()
+}
+
+/// Waits until process `pid` has no zombie children. A server that crashed stays a zombie
+/// until its supervisor reaps it, shortly after it exits.
+pub async fn wait_no_zombies(pid: i32) {
+    let started = Instant::now();
+    loop {
+        let zombies = zombie_children(pid);
+        if zombies.is_empty() {
+            return;
         }
+        assert!(
+            started.elapsed() < WAIT,
+            "process {pid} left zombie children {zombies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    zombies
+}
+
+/// Returns the process groups of the live children of process `pid`. Every stdio server
+/// leads a group of its own, so for a daemon these are its extension servers' groups.
+pub fn child_groups(pid: i32) -> Vec<i32> {
+    let mut groups: Vec<i32> = children(pid)
+        .iter()
+        .map(|child| stat_fields(child))
+        .filter(|fields| fields.first().is_some_and(|state| state != "Z"))
+        .filter_map(|fields| fields.get(2)?.parse().ok())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
 }

@@ -18,7 +18,7 @@ const MARKER: &[u8] = b"goose-plugin-demo-build-marker-A";
 
 /// Returns a library that `cargo test` builds into `target/<profile>/deps/`, because the
 /// plugin crates are dev-dependencies.
-fn built_library(crate_name: &str) -> PathBuf {
+pub fn built_library(crate_name: &str) -> PathBuf {
     let daemon = PathBuf::from(env!("CARGO_BIN_EXE_goose-api"));
     let file = format!("lib{}.so", crate_name.replace('-', "_"));
     let path = daemon

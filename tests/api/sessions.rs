@@ -389,6 +389,55 @@ async fn concurrent_reply_gets_409() {
     );
 }
 
+#[tokio::test]
+async fn delete_racing_replies_gets_no_500() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let mut deleted = Vec::new();
+    for _ in 0..20 {
+        let (status, started) = post(
+            &daemon,
+            "/session/start",
+            ALICE_KEY,
+            json!({"prompt": "hello there"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+        let id = started["session_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+
+        // A reply that arrives while the delete runs gets 200, 404 or 409, never a 500 from
+        // storing a message for rows that are gone.
+        let path = format!("/sessions/{id}/reply");
+        let replies = (0..4)
+            .map(|_| daemon.post_value(&path, ALICE_KEY, json!({"prompt": "second question"})));
+        let deletion = daemon
+            .http
+            .delete(daemon.url(&format!("/sessions/{id}")))
+            .header("x-api-key", ALICE_KEY)
+            .send();
+        let (replies, deletion) = tokio::join!(futures::future::join_all(replies), deletion);
+        let deletion = deletion.expect("send DELETE");
+        assert_eq!(deletion.status(), StatusCode::OK);
+        for (status, body) in replies {
+            let expected = [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::CONFLICT];
+            assert!(expected.contains(&status), "{status} {body}");
+        }
+        let (status, body) = get_json(&daemon, &format!("/sessions/{id}"), ALICE_KEY).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        deleted.push(id);
+    }
+    let (_, metrics) = get_json(&daemon, "/metrics", ALICE_KEY).await;
+    for id in &deleted {
+        assert!(
+            metrics["session_messages"].get(id).is_none(),
+            "deleted session {id} is still live: {metrics}"
+        );
+    }
+}
+
 /// Reads server-sent events from `response` until `stop` returns true for one.
 async fn read_events(
     response: reqwest::Response,
