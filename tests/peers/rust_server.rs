@@ -4,6 +4,9 @@
 //! N lines to stderr while serving.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -12,10 +15,15 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 
-#[derive(Debug, Clone)]
+/// Tool that stays hidden from `tools/list` and calls until `add_tool` reveals it.
+const ADDED_TOOL: &str = "added";
+/// Interval at which `wait_file` checks for its file.
+const WAIT_FILE_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, Default)]
 struct TestServer {
-    #[expect(dead_code, reason = "the tool_handler macro reads it")]
-    tool_router: ToolRouter<Self>,
+    /// Whether `add_tool` has revealed [`ADDED_TOOL`].
+    added: Arc<AtomicBool>,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -28,6 +36,12 @@ struct EchoArgs {
 struct SleepArgs {
     /// Milliseconds to sleep.
     ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct WaitFileArgs {
+    /// File whose creation ends the call.
+    path: PathBuf,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -64,6 +78,32 @@ impl TestServer {
         }
     }
 
+    #[tool(description = "Waits until a file exists, and reports the wait on stderr")]
+    async fn wait_file(&self, Parameters(args): Parameters<WaitFileArgs>) -> String {
+        eprintln!("waiting for {}", args.path.display());
+        while !args.path.exists() {
+            tokio::time::sleep(WAIT_FILE_POLL).await;
+        }
+        "file appeared".to_owned()
+    }
+
+    #[tool(
+        description = "Adds the tool `added` and sends notifications/tools/list_changed \
+                          before its own response"
+    )]
+    async fn add_tool(&self, context: RequestContext<RoleServer>) -> String {
+        self.added.store(true, Ordering::Release);
+        match context.peer.notify_tool_list_changed().await {
+            Ok(()) => "tool added".to_owned(),
+            Err(error) => format!("sending the notification failed: {error}"),
+        }
+    }
+
+    #[tool(description = "Exists only after a call of add_tool")]
+    async fn added(&self) -> String {
+        "added tool called".to_owned()
+    }
+
     #[tool(description = "Returns an environment variable, or <unset>")]
     async fn env(&self, Parameters(args): Parameters<EnvArgs>) -> String {
         std::env::var(&args.name).unwrap_or_else(|_| "<unset>".to_owned())
@@ -86,10 +126,27 @@ impl TestServer {
     }
 }
 
-#[tool_handler]
+impl TestServer {
+    /// Returns the tools this server offers now: every tool but [`ADDED_TOOL`] until
+    /// `add_tool` was called.
+    fn router(&self) -> ToolRouter<Self> {
+        let router = Self::tool_router();
+        if self.added.load(Ordering::Acquire) {
+            router
+        } else {
+            router.with_disabled(ADDED_TOOL)
+        }
+    }
+}
+
+#[tool_handler(router = self.router())]
 impl ServerHandler for TestServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
     }
 }
 
@@ -114,10 +171,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = writeln!(stderr, "flood done");
         });
     }
-    let server = TestServer {
-        tool_router: TestServer::tool_router(),
-    };
-    let service = server.serve(rmcp::transport::stdio()).await?;
+    let service = TestServer::default()
+        .serve(rmcp::transport::stdio())
+        .await?;
     service.waiting().await?;
     Ok(())
 }
