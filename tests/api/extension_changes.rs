@@ -59,6 +59,43 @@ async fn list_changed_notification_adds_tool() {
 }
 
 #[tokio::test]
+async fn removal_stops_server_stuck_listing_tools() {
+    let daemon = Daemon::launch(launch(&config_with_key(""))).await;
+    std::fs::create_dir_all(daemon.path("extensions")).expect("create the directory");
+    let manifest = daemon.path("extensions/stuck.yaml");
+    let server = stdio_manifest(&rust_server(), &["--hang-listing-after-add"], "");
+    rename_save(&manifest, &server);
+    daemon.wait_running("stuck").await;
+    let group: i32 = daemon
+        .call_text("stuck", "pid", json!({}))
+        .await
+        .parse()
+        .expect("a process id");
+    // The extension's timeout is the default 300 s, so a removal that waited for the
+    // listing would outlast this test.
+    assert_eq!(
+        daemon.call_text("stuck", "add_tool", json!({})).await,
+        "tool added"
+    );
+    daemon
+        .wait_extension("stuck", |status| {
+            status["stderr_tail"]
+                .to_string()
+                .contains("not answering tools/list")
+        })
+        .await;
+
+    std::fs::remove_file(&manifest).expect("delete the manifest");
+    daemon.wait_extension("stuck", Value::is_null).await;
+    wait_group_gone(group).await;
+    rename_save(
+        &daemon.path("extensions/next.yaml"),
+        &stdio_manifest(&rust_server(), &[], ""),
+    );
+    daemon.wait_running("next").await;
+}
+
+#[tokio::test]
 async fn manifests_change_while_turn_calls_tool() {
     let fixtures = tempfile::tempdir().expect("temporary directory");
     let gate = fixtures.path().join("gate");

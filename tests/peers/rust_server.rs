@@ -1,7 +1,8 @@
 //! An MCP server over stdio for the integration tests, built with rmcp's server feature.
 //!
 //! Flags: `--banner` prints a non-JSON line on stdout before serving; `--flood N` writes
-//! N lines to stderr while serving.
+//! N lines to stderr while serving; `--hang-listing-after-add` makes every `tools/list`
+//! request after a call of `add_tool` wait forever.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,9 +12,9 @@ use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::model::{ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
-use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 
 /// Tool that stays hidden from `tools/list` and calls until `add_tool` reveals it.
 const ADDED_TOOL: &str = "added";
@@ -24,6 +25,8 @@ const WAIT_FILE_POLL: Duration = Duration::from_millis(10);
 struct TestServer {
     /// Whether `add_tool` has revealed [`ADDED_TOOL`].
     added: Arc<AtomicBool>,
+    /// Whether `tools/list` requests get no response once `add_tool` was called.
+    hang_listing_after_add: bool,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -148,6 +151,18 @@ impl ServerHandler for TestServer {
             .build();
         ServerConfig::new(capabilities)
     }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        if self.hang_listing_after_add && self.added.load(Ordering::Acquire) {
+            eprintln!("not answering tools/list");
+            std::future::pending::<()>().await;
+        }
+        Ok(ListToolsResult::with_all_items(self.router().list_all()))
+    }
 }
 
 #[tokio::main]
@@ -171,9 +186,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = writeln!(stderr, "flood done");
         });
     }
-    let service = TestServer::default()
-        .serve(rmcp::transport::stdio())
-        .await?;
+    let server = TestServer {
+        hang_listing_after_add: args.iter().any(|arg| arg == "--hang-listing-after-add"),
+        ..TestServer::default()
+    };
+    let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }
