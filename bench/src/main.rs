@@ -4,13 +4,19 @@
 //! reloads, counts requests that fail during reloads under load and reads the daemon's
 //! memory. `goose-api-bench hello` is the bare server, which `edge` starts as a child.
 //! `turn` times agent turns against an instant provider, and `sessions` measures concurrent
-//! sessions, listing and memory per session on SQLite and PostgreSQL.
+//! sessions, listing and memory per session on SQLite and PostgreSQL. `gateway` compares tool
+//! calls through the daemon with mcpo and with a direct MCP client.
 
 mod agent_daemon;
 mod client;
 mod edge;
+mod gateway;
+mod gateway_direct;
+mod gateway_load;
+mod gateway_report;
 mod hello;
 mod load;
+mod mcpo;
 mod process;
 mod provider;
 mod reload;
@@ -49,6 +55,9 @@ enum Command {
     /// Measure concurrent one-turn sessions, memory per live session and session listing
     /// on SQLite and PostgreSQL; print a Markdown table.
     Sessions(SessionsArgs),
+    /// Compare tool calls through the daemon with mcpo and with a direct MCP client, and
+    /// time manifest drops; print a Markdown table.
+    Gateway(gateway::GatewayArgs),
 }
 
 /// The binaries that `turn` and `sessions` start.
@@ -139,6 +148,7 @@ fn main() -> ExitCode {
         Command::Hello => hello::serve(),
         Command::Turn(args) => run_turn(args),
         Command::Sessions(args) => run_sessions(args),
+        Command::Gateway(args) => gateway::main(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
