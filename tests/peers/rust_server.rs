@@ -21,8 +21,12 @@ const ADDED_TOOL: &str = "added";
 /// Interval at which `wait_file` checks for its file.
 const WAIT_FILE_POLL: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct TestServer {
+    /// Every tool, built once because building a router generates each tool's JSON schema.
+    all_tools: Arc<ToolRouter<Self>>,
+    /// Every tool but [`ADDED_TOOL`].
+    initial_tools: Arc<ToolRouter<Self>>,
     /// Whether `add_tool` has revealed [`ADDED_TOOL`].
     added: Arc<AtomicBool>,
     /// Whether `tools/list` requests get no response once `add_tool` was called.
@@ -130,14 +134,24 @@ impl TestServer {
 }
 
 impl TestServer {
+    fn new(hang_listing_after_add: bool) -> Self {
+        let all_tools = Self::tool_router();
+        let initial_tools = all_tools.clone().with_disabled(ADDED_TOOL);
+        Self {
+            all_tools: Arc::new(all_tools),
+            initial_tools: Arc::new(initial_tools),
+            added: Arc::default(),
+            hang_listing_after_add,
+        }
+    }
+
     /// Returns the tools this server offers now: every tool but [`ADDED_TOOL`] until
     /// `add_tool` was called.
-    fn router(&self) -> ToolRouter<Self> {
-        let router = Self::tool_router();
+    fn router(&self) -> &ToolRouter<Self> {
         if self.added.load(Ordering::Acquire) {
-            router
+            &self.all_tools
         } else {
-            router.with_disabled(ADDED_TOOL)
+            &self.initial_tools
         }
     }
 }
@@ -186,10 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = writeln!(stderr, "flood done");
         });
     }
-    let server = TestServer {
-        hang_listing_after_add: args.iter().any(|arg| arg == "--hang-listing-after-add"),
-        ..TestServer::default()
-    };
+    let server = TestServer::new(args.iter().any(|arg| arg == "--hang-listing-after-add"));
     let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
