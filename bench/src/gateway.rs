@@ -15,10 +15,11 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use crate::client::ApiClient;
+use crate::gateway_direct::{self, ToolCall};
 use crate::gateway_load::{self, CallReport, Caller, ToolRoute};
 use crate::process::{self, ChildProcess, StopOutcome};
 use crate::stats::Latencies;
-use crate::{gateway_direct, gateway_report, mcpo};
+use crate::{gateway_report, mcpo};
 
 /// API key of both gateways, sent as `Authorization: Bearer`.
 pub const API_KEY: &str = "bench-key-0123456789abcdef";
@@ -101,6 +102,8 @@ pub struct GatewayResults {
     pub daemon_load: CallReport,
     /// Concurrent calls through mcpo.
     pub mcpo_load: CallReport,
+    /// Concurrent calls of the direct rmcp client.
+    pub direct_load: CallReport,
     /// Sequential calls through goose-api.
     pub daemon_sequential: CallReport,
     /// Sequential calls of the direct rmcp client.
@@ -154,7 +157,8 @@ pub fn main(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the phases: goose-api (load, sequential calls, drops), the direct client, mcpo.
+/// Runs the phases: goose-api (load, sequential calls, drops), the direct client
+/// (sequential calls, load), mcpo (load).
 pub fn run(options: &GatewayOptions) -> anyhow::Result<GatewayResults> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -162,20 +166,32 @@ pub fn run(options: &GatewayOptions) -> anyhow::Result<GatewayResults> {
         .context("while starting the async runtime")?;
     let load_before = load_average()?;
     let daemon = measure_daemon(&runtime, options)?;
-    let arguments = echo_arguments();
-    let warmup_calls = options.sequential_calls / 10;
+    let call = ToolCall {
+        tool: TOOL.to_owned(),
+        arguments: echo_arguments()
+            .as_object()
+            .cloned()
+            .context("the tool arguments are not a JSON object")?,
+        expected: ECHO_TEXT.to_owned(),
+    };
     let direct_sequential = runtime.block_on(gateway_direct::time_calls(
         &options.server,
-        TOOL,
-        &arguments,
-        ECHO_TEXT,
-        warmup_calls,
+        &call,
+        options.sequential_calls / 10,
         options.sequential_calls,
+    ))?;
+    let direct_load = runtime.block_on(gateway_direct::run_concurrent(
+        &options.server,
+        &call,
+        options.concurrency,
+        options.warmup,
+        options.duration,
     ))?;
     let (mcpo_load, mcpo_stop) = measure_mcpo(&runtime, options)?;
     Ok(GatewayResults {
         daemon_load: daemon.load,
         mcpo_load,
+        direct_load,
         daemon_sequential: daemon.sequential,
         direct_sequential,
         drops: daemon.drops,

@@ -57,6 +57,7 @@ fn render(options: &GatewayOptions, results: &GatewayResults) -> String {
 fn load_lines(results: &GatewayResults) -> Vec<String> {
     let daemon = &results.daemon_load;
     let mcpo = &results.mcpo_load;
+    let direct = &results.direct_load;
     let ratio = daemon.calls_per_second() / mcpo.calls_per_second();
     let met = if ratio >= TARGET_RATIO {
         "yes"
@@ -64,15 +65,26 @@ fn load_lines(results: &GatewayResults) -> Vec<String> {
         "**no**"
     };
     vec![
-        "| Concurrent tool calls | goose-api | mcpo |".to_owned(),
-        "|---|---|---|".to_owned(),
-        format!("| Calls/s | {} | {} |", rate(daemon), rate(mcpo)),
+        "| Concurrent tool calls | goose-api | mcpo | direct rmcp client |".to_owned(),
+        "|---|---|---|---|".to_owned(),
         format!(
-            "| Latency p50 / p99 | {} | {} |",
-            p50_p99(&daemon.latencies, 2),
-            p50_p99(&mcpo.latencies, 2)
+            "| Calls/s | {} | {} | {} |",
+            rate(daemon),
+            rate(mcpo),
+            rate(direct)
         ),
-        format!("| Failed calls | {} | {} |", failed(daemon), failed(mcpo)),
+        format!(
+            "| Latency p50 / p99 | {} | {} | {} |",
+            p50_p99(&daemon.latencies, 2),
+            p50_p99(&mcpo.latencies, 2),
+            p50_p99(&direct.latencies, 2)
+        ),
+        format!(
+            "| Failed calls | {} | {} | {} |",
+            failed(daemon),
+            failed(mcpo),
+            failed(direct)
+        ),
         String::new(),
         format!(
             "Calls/s ratio goose-api / mcpo: {ratio:.2} (target ≥ {TARGET_RATIO:.0}, met: {met})."
@@ -144,6 +156,10 @@ fn samples(results: &GatewayResults) -> Vec<String> {
     let mut lines = Vec::new();
     let groups = [
         ("goose-api log", &results.daemon_stop.log.samples),
+        (
+            "direct client load failures",
+            &results.direct_load.failure_samples,
+        ),
         (
             "goose-api load failures",
             &results.daemon_load.failure_samples,
