@@ -5,13 +5,19 @@
 //! memory. `goose-api-bench hello` is the bare server, which `edge` starts as a child.
 //! `turn` times agent turns against an instant provider, and `sessions` measures concurrent
 //! sessions, listing and memory per session on SQLite and PostgreSQL. `mixed` runs many
-//! concurrent clients over mixed routes and counts errors.
+//! concurrent clients over mixed routes and counts errors. `gateway` compares tool calls
+//! through the daemon with mcpo and with a direct MCP client.
 
 mod agent_daemon;
 mod client;
 mod edge;
+mod gateway;
+mod gateway_direct;
+mod gateway_load;
+mod gateway_report;
 mod hello;
 mod load;
+mod mcpo;
 mod mixed;
 mod mixed_monitor;
 mod mixed_report;
@@ -58,6 +64,9 @@ enum Command {
     /// fixed time. Print requests per second, latency and errors per route, and the
     /// daemon's peak memory and open files. Exit with a failure status on any error.
     Mixed(MixedArgs),
+    /// Compare tool calls through the daemon with mcpo and with a direct MCP client, and
+    /// time manifest drops; print a Markdown table.
+    Gateway(gateway::GatewayArgs),
 }
 
 /// The binaries that `turn` and `sessions` start.
@@ -164,6 +173,7 @@ fn main() -> ExitCode {
         Command::Turn(args) => run_turn(args),
         Command::Sessions(args) => run_sessions(args),
         Command::Mixed(args) => run_mixed(args),
+        Command::Gateway(args) => gateway::main(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -173,7 +173,9 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
 }
 
 impl ChildProcess {
-    fn wait_for_address<R: Read + Send + 'static>(
+    /// Reads `output` on a thread until `parse_address` finds the listening address in a
+    /// line, and fails if the child exits first or prints none within the start timeout.
+    pub fn wait_for_address<R: Read + Send + 'static>(
         name: &'static str,
         mut child: Child,
         output: R,

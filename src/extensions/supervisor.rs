@@ -86,12 +86,12 @@ pub async fn supervise(slot: Arc<Slot>, stop: CancellationToken) {
 /// `stop` is cancelled.
 async fn serve(slot: &Slot, connection: &mut Connection, stop: &CancellationToken) -> Ended {
     let peer = connection.peer();
-    match list_tools(slot, connection).await {
+    match list_tools_unless_stopped(slot, connection, stop).await {
         Ok(tools) => {
             tracing::info!(extension = %slot.name, tools = tools.len(), "extension running");
             slot.set_running(peer, tools);
         }
-        Err(reason) => return Ended::Closed(reason),
+        Err(ended) => return ended,
     }
     loop {
         let tools_changed = connection.tools_changed.clone();
@@ -103,14 +103,28 @@ async fn serve(slot: &Slot, connection: &mut Connection, stop: &CancellationToke
         match wake {
             Wake::Stop => return Ended::Stopped,
             Wake::Closed(reason) => return Ended::Closed(reason),
-            Wake::ToolsChanged => match list_tools(slot, connection).await {
+            Wake::ToolsChanged => match list_tools_unless_stopped(slot, connection, stop).await {
                 Ok(tools) => {
                     tracing::info!(extension = %slot.name, tools = tools.len(), "tool list changed");
                     slot.set_tools(tools);
                 }
-                Err(reason) => return Ended::Closed(reason),
+                Err(ended) => return ended,
             },
         }
+    }
+}
+
+/// Lists the server's tools, giving up when `stop` is cancelled. The listing may take the
+/// extension's whole `timeout`, and the registry waits for a stopping extension before it
+/// applies any other change.
+async fn list_tools_unless_stopped(
+    slot: &Slot,
+    connection: &Connection,
+    stop: &CancellationToken,
+) -> Result<Vec<crate::tools::ToolDefinition>, Ended> {
+    tokio::select! {
+        () = stop.cancelled() => Err(Ended::Stopped),
+        listed = list_tools(slot, connection) => listed.map_err(Ended::Closed),
     }
 }
 

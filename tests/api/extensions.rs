@@ -6,21 +6,10 @@ use serde_json::{Value, json};
 use crate::helpers::{ADMIN_KEY, Daemon, config_with_key, rename_save};
 use crate::peers::{
     everything_server, launch, loopback_preload, python_server, rust_server, stdio_manifest,
+    tool_names,
 };
 
 const USER_KEY: &str = "user-key-0123456789abcdef";
-
-fn tool_names(status: &Value) -> Vec<String> {
-    status["tools"]
-        .as_array()
-        .map(|tools| {
-            tools
-                .iter()
-                .filter_map(|t| t.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn stdio_server_from_config_lists_and_calls_tools() {

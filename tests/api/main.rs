@@ -5,6 +5,7 @@ mod agent_tools;
 mod aimock;
 mod auth;
 mod edge;
+mod extension_changes;
 mod extension_processes;
 mod extensions;
 mod faults;

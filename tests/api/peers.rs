@@ -77,6 +77,19 @@ pub fn stdio_manifest(cmd: &str, args: &[&str], extra: &str) -> String {
     format!("type: stdio\ncmd: {cmd:?}\nargs: {args}\n{extra}")
 }
 
+/// Returns the tool names of an extension status from `GET /extensions/{name}`.
+pub fn tool_names(status: &Value) -> Vec<String> {
+    status["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Daemon {
     /// Returns `GET /extensions/{name}`, or `Value::Null` when it is not defined.
     pub async fn extension(&self, name: &str) -> Value {

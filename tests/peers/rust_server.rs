@@ -1,21 +1,36 @@
 //! An MCP server over stdio for the integration tests, built with rmcp's server feature.
 //!
 //! Flags: `--banner` prints a non-JSON line on stdout before serving; `--flood N` writes
-//! N lines to stderr while serving.
+//! N lines to stderr while serving; `--hang-listing-after-add` makes every `tools/list`
+//! request after a call of `add_tool` wait forever.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::model::{ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
-use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+
+/// Tool that stays hidden from `tools/list` and calls until `add_tool` reveals it.
+const ADDED_TOOL: &str = "added";
+/// Interval at which `wait_file` checks for its file.
+const WAIT_FILE_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 struct TestServer {
-    #[expect(dead_code, reason = "the tool_handler macro reads it")]
-    tool_router: ToolRouter<Self>,
+    /// Every tool, built once because building a router generates each tool's JSON schema.
+    all_tools: Arc<ToolRouter<Self>>,
+    /// Every tool but [`ADDED_TOOL`].
+    initial_tools: Arc<ToolRouter<Self>>,
+    /// Whether `add_tool` has revealed [`ADDED_TOOL`].
+    added: Arc<AtomicBool>,
+    /// Whether `tools/list` requests get no response once `add_tool` was called.
+    hang_listing_after_add: bool,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -28,6 +43,12 @@ struct EchoArgs {
 struct SleepArgs {
     /// Milliseconds to sleep.
     ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct WaitFileArgs {
+    /// File whose creation ends the call.
+    path: PathBuf,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -64,6 +85,32 @@ impl TestServer {
         }
     }
 
+    #[tool(description = "Waits until a file exists, and reports the wait on stderr")]
+    async fn wait_file(&self, Parameters(args): Parameters<WaitFileArgs>) -> String {
+        eprintln!("waiting for {}", args.path.display());
+        while !args.path.exists() {
+            tokio::time::sleep(WAIT_FILE_POLL).await;
+        }
+        "file appeared".to_owned()
+    }
+
+    #[tool(
+        description = "Adds the tool `added` and sends notifications/tools/list_changed \
+                          before its own response"
+    )]
+    async fn add_tool(&self, context: RequestContext<RoleServer>) -> String {
+        self.added.store(true, Ordering::Release);
+        match context.peer.notify_tool_list_changed().await {
+            Ok(()) => "tool added".to_owned(),
+            Err(error) => format!("sending the notification failed: {error}"),
+        }
+    }
+
+    #[tool(description = "Exists only after a call of add_tool")]
+    async fn added(&self) -> String {
+        "added tool called".to_owned()
+    }
+
     #[tool(description = "Returns an environment variable, or <unset>")]
     async fn env(&self, Parameters(args): Parameters<EnvArgs>) -> String {
         std::env::var(&args.name).unwrap_or_else(|_| "<unset>".to_owned())
@@ -86,10 +133,49 @@ impl TestServer {
     }
 }
 
-#[tool_handler]
+impl TestServer {
+    fn new(hang_listing_after_add: bool) -> Self {
+        let all_tools = Self::tool_router();
+        let initial_tools = all_tools.clone().with_disabled(ADDED_TOOL);
+        Self {
+            all_tools: Arc::new(all_tools),
+            initial_tools: Arc::new(initial_tools),
+            added: Arc::default(),
+            hang_listing_after_add,
+        }
+    }
+
+    /// Returns the tools this server offers now: every tool but [`ADDED_TOOL`] until
+    /// `add_tool` was called.
+    fn router(&self) -> &ToolRouter<Self> {
+        if self.added.load(Ordering::Acquire) {
+            &self.all_tools
+        } else {
+            &self.initial_tools
+        }
+    }
+}
+
+#[tool_handler(router = self.router())]
 impl ServerHandler for TestServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        if self.hang_listing_after_add && self.added.load(Ordering::Acquire) {
+            eprintln!("not answering tools/list");
+            std::future::pending::<()>().await;
+        }
+        Ok(ListToolsResult::with_all_items(self.router().list_all()))
     }
 }
 
@@ -114,9 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = writeln!(stderr, "flood done");
         });
     }
-    let server = TestServer {
-        tool_router: TestServer::tool_router(),
-    };
+    let server = TestServer::new(args.iter().any(|arg| arg == "--hang-listing-after-add"));
     let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
