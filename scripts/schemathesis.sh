@@ -77,7 +77,10 @@ wait_for_line() {
 install_schemathesis
 bash "${ROOT}/tests/peers/install.sh"
 if [[ -z "${DAEMON}" ]]; then
-    (cd "${ROOT}" && cargo build --quiet -p goose-api --bin goose-api -p goose-plugin-calc)
+    # Two builds: `--bin` would also filter the plugin package down to binaries, of which
+    # it has none, so one command would leave the plugin library unbuilt.
+    (cd "${ROOT}" && cargo build --quiet -p goose-api --bin goose-api)
+    (cd "${ROOT}" && cargo build --quiet -p goose-plugin-calc --lib)
     DAEMON="${ROOT}/target/debug/goose-api"
 fi
 PLUGIN="${PLUGIN:-$(dirname "${DAEMON}")/libgoose_plugin_calc.so}"
