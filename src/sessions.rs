@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Message, ProviderError, ProviderPool, ToolChoice, TurnEnd, Usage};
-use crate::config::{Caller, ConfigHandle, Role as KeyRole};
+use crate::config::{Caller, ConfigHandle, Role as KeyRole, Snapshot};
 use crate::limits::{TurnCounter, TurnPermit};
 use crate::store::{MessageRecord, NewSession, SessionLock, SessionRecord, Store, StoreError};
 use crate::tools::ToolSource;
@@ -163,10 +163,12 @@ impl SessionManager {
         &self.store
     }
 
-    /// Creates a session for `caller` and starts its first turn.
+    /// Creates a session for `caller` and starts its first turn. The whole turn uses
+    /// `snapshot`, the config that the request took when it arrived.
     pub async fn start(
         self: &Arc<Self>,
         caller: &Caller,
+        snapshot: Arc<Snapshot>,
         prompt: String,
         options: TurnOptions,
     ) -> Result<TurnTicket, SessionError> {
@@ -174,8 +176,7 @@ impl SessionManager {
         if let Some(names) = &options.extensions {
             self.check_extensions(names)?;
         }
-        let permit = self.turn_permit(caller)?;
-        let snapshot = self.config.current();
+        let permit = self.turn_permit(caller, &snapshot)?;
         let record = self
             .store
             .create_session(NewSession {
@@ -199,14 +200,16 @@ impl SessionManager {
             last_used: Mutex::new(Instant::now()),
         });
         lock(&self.live).insert(record.id.clone(), live.clone());
-        self.begin_turn(live, prompt, options.tool_choice, permit)
+        self.begin_turn(live, snapshot, prompt, options.tool_choice, permit)
             .await
     }
 
-    /// Starts a turn in session `id`, or in the caller's latest session when `None`.
+    /// Starts a turn in session `id`, or in the caller's latest session when `None`. The
+    /// whole turn uses `snapshot`.
     pub async fn reply(
         self: &Arc<Self>,
         caller: &Caller,
+        snapshot: Arc<Snapshot>,
         id: Option<&str>,
         prompt: String,
         tool_choice: Option<ToolChoice>,
@@ -220,13 +223,17 @@ impl SessionManager {
             }
         };
         let live = self.live_session(caller, &id, false).await?;
-        let permit = self.turn_permit(caller)?;
-        self.begin_turn(live, prompt, tool_choice, permit).await
+        let permit = self.turn_permit(caller, &snapshot)?;
+        self.begin_turn(live, snapshot, prompt, tool_choice, permit)
+            .await
     }
 
-    /// Counts a turn of `caller` against the concurrency limits of the current config.
-    fn turn_permit(&self, caller: &Caller) -> Result<TurnPermit, SessionError> {
-        let snapshot = self.config.current();
+    /// Counts a turn of `caller` against the concurrency limits of `snapshot`.
+    fn turn_permit(
+        &self,
+        caller: &Caller,
+        snapshot: &Snapshot,
+    ) -> Result<TurnPermit, SessionError> {
         let key_max = snapshot
             .config
             .key_limits(&caller.name)
@@ -271,8 +278,14 @@ impl SessionManager {
         }
     }
 
-    /// Replaces the session's history with a summary written by the provider and returns it.
-    pub async fn summarize(&self, caller: &Caller, id: &str) -> Result<String, SessionError> {
+    /// Replaces the session's history with a summary written by the provider, with the
+    /// provider settings of `snapshot`, and returns it.
+    pub async fn summarize(
+        &self,
+        caller: &Caller,
+        snapshot: &Snapshot,
+        id: &str,
+    ) -> Result<String, SessionError> {
         let live = self.live_session(caller, id, false).await?;
         let mut conversation = live
             .conversation
@@ -280,7 +293,7 @@ impl SessionManager {
             .try_lock_owned()
             .map_err(|_| SessionError::Busy(id.to_owned()))?;
         let session_lock = self.lock_and_refresh(&live, &mut conversation).await?;
-        let summary = runner::summarize(self, &live.record(), &mut conversation).await;
+        let summary = runner::summarize(self, snapshot, &live.record(), &mut conversation).await;
         session_lock.release().await;
         summary
     }
@@ -467,6 +480,7 @@ impl SessionManager {
     async fn begin_turn(
         self: &Arc<Self>,
         live: Arc<LiveSession>,
+        snapshot: Arc<Snapshot>,
         prompt: String,
         tool_choice: Option<ToolChoice>,
         permit: TurnPermit,
@@ -489,8 +503,11 @@ impl SessionManager {
             self.clone(),
             live,
             conversation,
-            prompt,
-            tool_choice,
+            runner::TurnInput {
+                snapshot,
+                prompt,
+                tool_choice,
+            },
             guards,
         )
         .await

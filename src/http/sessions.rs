@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentConfig};
 use crate::agent::{ProviderError, ToolChoice, TurnEnd};
 use crate::config::Caller;
 use crate::sessions::{SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
@@ -133,6 +133,7 @@ impl From<SessionError> for ApiError {
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
+    CurrentConfig(snapshot): CurrentConfig,
     ApiJson(request): ApiJson<StartRequest>,
 ) -> Result<Json<TurnResponse>, ApiError> {
     let options = TurnOptions {
@@ -143,7 +144,7 @@ pub async fn start(
     };
     let ticket = state
         .sessions
-        .start(&caller, request.prompt, options)
+        .start(&caller, snapshot, request.prompt, options)
         .await?;
     answer(ticket).await
 }
@@ -156,12 +157,14 @@ pub async fn start(
 pub async fn reply(
     State(state): State<AppState>,
     caller: Caller,
+    CurrentConfig(snapshot): CurrentConfig,
     ApiJson(request): ApiJson<ReplyRequest>,
 ) -> Result<Json<TurnResponse>, ApiError> {
     let ticket = state
         .sessions
         .reply(
             &caller,
+            snapshot,
             request.session_id.as_deref(),
             request.prompt,
             request.tool_choice,
@@ -179,10 +182,11 @@ pub async fn reply(
 pub async fn summarize(
     State(state): State<AppState>,
     caller: Caller,
+    CurrentConfig(snapshot): CurrentConfig,
     ApiJson(request): ApiJson<SessionIdRequest>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let id = session_or_latest(&state, &caller, request.session_id).await?;
-    let summary = state.sessions.summarize(&caller, &id).await?;
+    let summary = state.sessions.summarize(&caller, &snapshot, &id).await?;
     Ok(Json(StatusResponse {
         message: summary,
         status: "success",
@@ -424,6 +428,7 @@ pub async fn cancel(
 pub async fn session_reply(
     State(state): State<AppState>,
     caller: Caller,
+    CurrentConfig(snapshot): CurrentConfig,
     ApiPath(SessionId { id }): ApiPath<SessionId>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SessionReplyRequest>,
@@ -436,7 +441,7 @@ pub async fn session_reply(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
-    let heartbeat = Duration::from_secs(state.config.current().config.sessions.sse_heartbeat_secs);
+    let heartbeat = Duration::from_secs(snapshot.config.sessions.sse_heartbeat_secs);
     if let (true, Some(after)) = (streaming, last_event_id)
         && let Some(log) = state.sessions.resume(&caller, &id).await?
     {
@@ -444,7 +449,13 @@ pub async fn session_reply(
     }
     let ticket = state
         .sessions
-        .reply(&caller, Some(&id), request.prompt, request.tool_choice)
+        .reply(
+            &caller,
+            snapshot,
+            Some(&id),
+            request.prompt,
+            request.tool_choice,
+        )
         .await?;
     if streaming {
         let log = ticket.events.clone();

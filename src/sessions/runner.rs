@@ -15,6 +15,7 @@ use crate::agent::{
     ContentPart, Message, Provider, Role, ToolChoice, Turn, TurnEvent, TurnSettings, Usage,
     turn_settings,
 };
+use crate::config::Snapshot;
 use crate::limits::TurnPermit;
 use crate::metrics::MeteredProvider;
 use crate::store::{SessionLock, SessionRecord};
@@ -26,16 +27,27 @@ pub(super) struct TurnGuards {
     pub(super) _permit: TurnPermit,
 }
 
+/// Inputs of a turn: the request's config snapshot, the prompt and the tool choice.
+pub(super) struct TurnInput {
+    pub(super) snapshot: Arc<Snapshot>,
+    pub(super) prompt: String,
+    pub(super) tool_choice: Option<ToolChoice>,
+}
+
 /// Stores the prompt, then runs the turn on a task of its own, so a streaming client may
 /// disconnect and resume while it runs.
 pub(super) async fn begin(
     manager: Arc<SessionManager>,
     live: Arc<LiveSession>,
     mut conversation: OwnedMutexGuard<Conversation>,
-    prompt: String,
-    tool_choice: Option<ToolChoice>,
+    input: TurnInput,
     guards: TurnGuards,
 ) -> Result<TurnTicket, SessionError> {
+    let TurnInput {
+        snapshot,
+        prompt,
+        tool_choice,
+    } = input;
     let session_id = live.record().id;
     let stored = store_prompt(&manager, &live, &mut conversation, prompt).await;
     if let Err(error) = stored {
@@ -59,6 +71,7 @@ pub(super) async fn begin(
             &manager,
             &live,
             &mut conversation,
+            &snapshot,
             tool_choice,
             &cancel,
             &events,
@@ -170,7 +183,7 @@ async fn close_open_requests(
 
 fn metered_provider(
     manager: &SessionManager,
-    snapshot: &crate::config::Snapshot,
+    snapshot: &Snapshot,
 ) -> Result<MeteredProvider, SessionError> {
     let provider: Arc<dyn Provider> = manager.providers.provider_for(snapshot)?;
     Ok(MeteredProvider::new(
@@ -181,12 +194,11 @@ fn metered_provider(
 }
 
 fn settings_for(
-    manager: &SessionManager,
+    snapshot: &Snapshot,
     record: &SessionRecord,
     tool_choice: Option<ToolChoice>,
-) -> (TurnSettings, Arc<crate::config::Snapshot>) {
-    let snapshot = manager.config.current();
-    let mut settings = turn_settings(&snapshot);
+) -> TurnSettings {
+    let mut settings = turn_settings(snapshot);
     if let Some(model) = &record.model_override {
         settings.model.clone_from(model);
     }
@@ -197,20 +209,21 @@ fn settings_for(
     if let Some(choice) = tool_choice {
         settings.tool_choice = choice;
     }
-    (settings, snapshot)
+    settings
 }
 
 async fn drive(
     manager: &SessionManager,
     live: &LiveSession,
     conversation: &mut Conversation,
+    snapshot: &Snapshot,
     tool_choice: Option<ToolChoice>,
     cancel: &CancellationToken,
     events: &EventLogHandle,
 ) -> Result<TurnReport, SessionError> {
     let record = live.record();
-    let (settings, snapshot) = settings_for(manager, &record, tool_choice);
-    let provider = metered_provider(manager, &snapshot)?;
+    let settings = settings_for(snapshot, &record, tool_choice);
+    let provider = metered_provider(manager, snapshot)?;
     let (sender, receiver) = mpsc::unbounded_channel();
     let on_event = move |event: TurnEvent| {
         // The receiver is dropped only after the turn ends, so a send cannot fail.
@@ -352,6 +365,7 @@ async fn record_event(
 /// Summarizes the whole conversation, stores the summary and makes it the history.
 pub(super) async fn summarize(
     manager: &SessionManager,
+    snapshot: &Snapshot,
     record: &SessionRecord,
     conversation: &mut Conversation,
 ) -> Result<String, SessionError> {
@@ -361,8 +375,8 @@ pub(super) async fn summarize(
             record.id
         )));
     }
-    let (settings, snapshot) = settings_for(manager, record, None);
-    let provider = metered_provider(manager, &snapshot)?;
+    let settings = settings_for(snapshot, record, None);
+    let provider = metered_provider(manager, snapshot)?;
     let ignore = |_: TurnEvent| {};
     let cancel = CancellationToken::new();
     let turn = Turn {

@@ -101,6 +101,60 @@ async fn model_change_applies_to_next_turn() {
     let (status, _) = post(&daemon, "/session/reply", json!({"prompt": "hello"})).await;
     assert_eq!(status, StatusCode::OK);
 
+    let models = journal_models(&daemon, &aimock).await;
+    assert_eq!(models, ["model-one", "model-two"]);
+}
+
+#[tokio::test]
+async fn reload_during_turn_keeps_its_model() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gate = dir.path().join("gate");
+    let fixtures = dir.path().join("fixtures.json");
+    let wait_call = json!({"name": "rust__wait_file", "arguments": {"path": gate}});
+    let fixture_set = json!({"fixtures": [
+        {"match": {"toolResultContains": "file appeared"},
+         "response": {"content": "The file appeared."}},
+        {"match": {"userMessage": "wait for the file"}, "response": {"toolCalls": [wait_call]}},
+        {"match": {"userMessage": "hello"}, "response": {"content": "Hello."}}
+    ]});
+    std::fs::write(&fixtures, fixture_set.to_string()).expect("write fixtures");
+    let aimock = Aimock::start_with(&fixtures, &[]);
+    let daemon = Daemon::launch(launch(&config(&aimock, "model-one"))).await;
+    daemon.wait_running("rust").await;
+
+    // The turn's tool call waits for the gate file, and the config changes meanwhile.
+    let turn = post(
+        &daemon,
+        "/session/start",
+        json!({"prompt": "wait for the file"}),
+    );
+    let reload = async {
+        daemon
+            .wait_extension("rust", |status| {
+                status["stderr_tail"].to_string().contains("waiting for")
+            })
+            .await;
+        rename_save(&daemon.path("config.yaml"), &config(&aimock, "model-two"));
+        daemon.wait_for_model("model-two").await;
+        std::fs::write(&gate, "").expect("create the gate file");
+    };
+    let ((status, answer), ()) = tokio::join!(turn, reload);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["message"], "The file appeared.");
+    assert_eq!(
+        answer["session_id"].as_str().map(str::is_empty),
+        Some(false)
+    );
+
+    let (status, _) = post(&daemon, "/session/reply", json!({"prompt": "hello"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let models = journal_models(&daemon, &aimock).await;
+    // Both requests of the first turn use the config the request started with.
+    assert_eq!(models, ["model-one", "model-one", "model-two"]);
+}
+
+/// Returns the `model` of each request in aimock's journal, in order.
+async fn journal_models(daemon: &Daemon, aimock: &Aimock) -> Vec<String> {
     let journal: Value = daemon
         .http
         .get(format!("{}/__aimock/journal", aimock.url))
@@ -115,9 +169,8 @@ async fn model_change_applies_to_next_turn() {
         .or_else(|| journal["entries"].as_array())
         .cloned()
         .unwrap_or_default();
-    let models: Vec<String> = entries
+    entries
         .iter()
         .filter_map(|entry| entry["body"]["model"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(models, ["model-one", "model-two"], "{journal}");
+        .collect()
 }
