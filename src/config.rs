@@ -139,27 +139,37 @@ pub fn build(
     env: &HashMap<String, String>,
 ) -> Result<Config, LoadError> {
     let file_origin = file.map(|path| path.display().to_string());
+    let mut unparsable = None;
     let mut tree = match (file, text) {
         (Some(path), Some(text)) => source::parse(text, source::detect_format(path, text))
-            .map_err(|message| LoadError {
-                problems: vec![Problem {
+            .unwrap_or_else(|message| {
+                unparsable = Some(Problem {
                     origin: file_origin.clone(),
                     ..Problem::new("", format!("cannot parse the config file: {message}"))
-                }],
-            })?,
+                });
+                serde_json::Value::Object(Default::default())
+            }),
         _ => serde_json::Value::Object(Default::default()),
     };
-    let origins = env::apply(&mut tree, env).map_err(|problems| LoadError {
-        problems: with_origins(problems, &Default::default(), Some("environment")),
-    })?;
-    let (config, mut problems) = decode::decode(tree);
-    problems.extend(validate::validate_decoded(&config, &problems));
+    let (origins, env_problems) = env::apply(&mut tree, env);
+    let file_parsed = unparsable.is_none();
+    let mut problems: Vec<Problem> = unparsable.into_iter().collect();
+    problems.extend(with_origins(
+        env_problems,
+        &Default::default(),
+        Some("environment"),
+    ));
+    // Without the file's keys, decoding would report problems that the file may not have.
+    if !file_parsed {
+        return Err(LoadError { problems });
+    }
+    let (config, mut decoded) = decode::decode(tree);
+    decoded.extend(validate::validate_decoded(&config, &decoded));
+    problems.extend(with_origins(decoded, &origins, file_origin.as_deref()));
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(LoadError {
-            problems: with_origins(problems, &origins, file_origin.as_deref()),
-        })
+        Err(LoadError { problems })
     }
 }
 

@@ -31,9 +31,9 @@ const PROVIDER_CREDENTIALS: [(&str, &str); 5] = [
 /// Where each overridden key came from, so errors can name the variable.
 pub type Origins = BTreeMap<String, String>;
 
-/// Applies every `GOOSE_API_` variable in `env` to `tree` and returns which key came from
-/// which variable.
-pub fn apply(tree: &mut Value, env: &HashMap<String, String>) -> Result<Origins, Vec<Problem>> {
+/// Applies every valid `GOOSE_API_` variable in `env` to `tree`. Returns which key came
+/// from which variable, and a problem for each variable that could not be applied.
+pub fn apply(tree: &mut Value, env: &HashMap<String, String>) -> (Origins, Vec<Problem>) {
     let mut origins = Origins::new();
     let mut problems = Vec::new();
     if env.contains_key(API_KEY_ALIAS) && env.contains_key("GOOSE_API_API_KEY") {
@@ -64,11 +64,7 @@ pub fn apply(tree: &mut Value, env: &HashMap<String, String>) -> Result<Origins,
         origins.insert(path.join("."), name.clone());
     }
     apply_provider_credentials(tree, env, &mut origins);
-    if problems.is_empty() {
-        Ok(origins)
-    } else {
-        Err(problems)
-    }
+    (origins, problems)
 }
 
 fn is_config_variable(name: &str) -> bool {
@@ -162,7 +158,7 @@ mod tests {
             "GOOSE_API_PROVIDERS__OPENAI__BASE_URL",
             "http://127.0.0.1:1/v1",
         )]);
-        let origins = apply(&mut tree, &vars).unwrap_or_default();
+        let origins = apply(&mut tree, &vars).0;
         assert_eq!(
             tree["providers"]["openai"]["base_url"],
             "http://127.0.0.1:1/v1"
@@ -177,7 +173,7 @@ mod tests {
     #[test]
     fn original_key_variable_sets_api_key() {
         let mut tree = json!({});
-        apply(&mut tree, &env(&[("GOOSE_API_KEY", "k")])).unwrap_or_default();
+        apply(&mut tree, &env(&[("GOOSE_API_KEY", "k")]));
         assert_eq!(tree["api_key"], "k");
     }
 
@@ -188,7 +184,7 @@ mod tests {
             "GOOSE_API_CORS__ALLOWED_ORIGINS",
             r#"["https://a.example"]"#,
         )]);
-        apply(&mut tree, &vars).unwrap_or_default();
+        apply(&mut tree, &vars);
         assert_eq!(
             tree["cors"]["allowed_origins"],
             json!(["https://a.example"])
@@ -202,7 +198,7 @@ mod tests {
             ("GOOSE_API_CONFIG", "/x.yaml"),
             ("GOOSE_API_TEST_POSTGRES_URL", "postgres://"),
         ]);
-        apply(&mut tree, &vars).unwrap_or_default();
+        apply(&mut tree, &vars);
         assert_eq!(tree, json!({}));
     }
 
@@ -210,7 +206,7 @@ mod tests {
     fn usual_credential_fills_only_missing_key() {
         let mut tree = json!({"providers": {"anthropic": {"api_key": "from-file"}}});
         let vars = env(&[("OPENAI_API_KEY", "o"), ("ANTHROPIC_API_KEY", "a")]);
-        apply(&mut tree, &vars).unwrap_or_default();
+        apply(&mut tree, &vars);
         assert_eq!(tree["providers"]["openai"]["api_key"], "o");
         assert_eq!(tree["providers"]["anthropic"]["api_key"], "from-file");
     }
@@ -219,7 +215,7 @@ mod tests {
     fn nesting_under_a_scalar_is_reported() {
         let mut tree = json!({"limits": 5});
         let vars = env(&[("GOOSE_API_LIMITS__MAX_BODY_BYTES", "10")]);
-        let problems = apply(&mut tree, &vars).err().unwrap_or_default();
+        let problems = apply(&mut tree, &vars).1;
         assert_eq!(problems.len(), 1);
         assert!(
             problems[0]

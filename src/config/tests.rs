@@ -228,3 +228,35 @@ fn shipped_extension_examples_are_valid() {
         "expected the shipped examples, found {checked}"
     );
 }
+
+#[test]
+fn variable_problems_come_with_file_problems() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("config.yaml"), "prot: 1\n").expect("write config");
+    let pairs = [
+        ("GOOSE_API_KEY", "0123456789abcdef"),
+        ("GOOSE_API_API_KEY", "fedcba9876543210"),
+        ("GOOSE_API_LIMITS____BURST", "3"),
+    ];
+    let error = load(&sources_in(dir.path(), &pairs)).expect_err("three problems");
+    let text = error.to_string();
+    assert_eq!(error.problems.len(), 3, "{text}");
+    assert!(
+        text.contains("both GOOSE_API_KEY and GOOSE_API_API_KEY"),
+        "{text}"
+    );
+    assert!(text.contains("empty key segment"), "{text}");
+    assert!(text.contains("key `prot`: unknown key"), "{text}");
+}
+
+#[test]
+fn unparsable_file_comes_with_variable_problems() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("config.yaml"), "port: [1\n").expect("write config");
+    let pairs = [("GOOSE_API_LIMITS____BURST", "3")];
+    let error = load(&sources_in(dir.path(), &pairs)).expect_err("two problems");
+    let text = error.to_string();
+    assert_eq!(error.problems.len(), 2, "{text}");
+    assert!(text.contains("cannot parse the config file"), "{text}");
+    assert!(text.contains("empty key segment"), "{text}");
+}

@@ -118,23 +118,37 @@ async fn environment_overrides_file_in_the_daemon() {
 
 #[tokio::test]
 async fn file_named_config_is_found_without_flag() {
-    let toml = format!(
-        "port = 0\napi_key = \"{ADMIN_KEY}\"\nmodel = \"toml-model\"\n[log]\nformat = \"json\"\n"
-    );
-    let launch = Launch {
-        files: vec![("config".to_owned(), toml)],
-        ..Launch::default()
-    };
-    let daemon = Daemon::launch(launch).await;
-    assert_eq!(daemon.model().await, "toml-model");
-    let status = daemon.config_status().await;
-    assert!(
-        status["file"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("/config"),
-        "{status}"
-    );
+    let formats = [
+        (
+            "toml",
+            format!(
+                "port = 0\napi_key = \"{ADMIN_KEY}\"\nmodel = \"toml-model\"\n\
+                 [log]\nformat = \"json\"\n"
+            ),
+        ),
+        (
+            "yaml",
+            format!("port: 0\napi_key: {ADMIN_KEY}\nmodel: yaml-model\nlog:\n  format: json\n"),
+        ),
+        (
+            "json",
+            format!(
+                r#"{{"port": 0, "api_key": "{ADMIN_KEY}", "model": "json-model",
+                    "log": {{"format": "json"}}}}"#
+            ),
+        ),
+    ];
+    for (format, text) in formats {
+        let launch = Launch {
+            files: vec![("config".to_owned(), text)],
+            ..Launch::default()
+        };
+        let daemon = Daemon::launch(launch).await;
+        assert_eq!(daemon.model().await, format!("{format}-model"));
+        let status = daemon.config_status().await;
+        let file = status["file"].as_str().unwrap_or_default();
+        assert!(file.ends_with("/config"), "{format}: {status}");
+    }
 }
 
 /// Starts a request whose body arrives in two parts and returns the open connection.
