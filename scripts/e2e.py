@@ -11,6 +11,7 @@ stopped by PID at the end.
 Usage: scripts/e2e.py [--skip-build]
 """
 
+import http.server
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +29,62 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "e2e-admin-key-0123456789abcdef"
 PLUGIN_LIBRARY = "target/release/libgoose_plugin_calc.so"
 TIMINGS = []
+
+
+def check(condition, message):
+    """Raise RuntimeError with `message` unless `condition` holds. Unlike assert, python -O keeps it."""
+    if not condition:
+        raise RuntimeError(message)
+
+
+class RecordingProxy(http.server.ThreadingHTTPServer):
+    """Forwards the daemon's provider requests to the model server and keeps each JSON body,
+    so the run can check what the daemon sent the model. Responses, streamed or not, are
+    passed through as they arrive and end when the connection closes."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.bodies = []
+        super().__init__(("127.0.0.1", 0), ProxyHandler)
+        self.daemon_threads = True
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+
+class ProxyHandler(http.server.BaseHTTPRequestHandler):
+    # HTTP/1.0 lets a response end when the connection closes, so a stream needs no framing.
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        self.forward(None)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        try:
+            self.server.bodies.append(json.loads(body))
+        except ValueError:
+            self.server.bodies.append(None)
+        self.forward(body)
+
+    def forward(self, body):
+        headers = {"content-type": self.headers.get("content-type", "application/json")}
+        req = urllib.request.Request(self.server.upstream + self.path, data=body,
+                                     method=self.command, headers=headers)
+        try:
+            response = urllib.request.urlopen(req, timeout=600)
+        except urllib.error.HTTPError as error:
+            response = error
+        self.send_response(response.status)
+        self.send_header("content-type", response.headers.get("content-type", "application/json"))
+        self.end_headers()
+        while chunk := response.read1(65536):
+            self.wfile.write(chunk)
+            self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
 
 
 def free_port():
@@ -86,6 +144,7 @@ class Run:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.model_server = None
+        self.proxy = None
         self.daemon = None
         self.session = None
 
@@ -100,7 +159,7 @@ class Run:
             f"model: {model}",
             "providers:",
             "  openai:",
-            f"    base_url: http://127.0.0.1:{self.model_port}/v1",
+            f"    base_url: http://127.0.0.1:{self.proxy.port}/v1",
             "    max_tokens: 96",
             "    temperature: 0",
             "agent:",
@@ -134,7 +193,10 @@ class Run:
             stdout=log, stderr=subprocess.STDOUT,
         )
         wait_for(f"http://127.0.0.1:{self.model_port}/v1/models", 1800)
-        return f"SmolLM2-135M on 127.0.0.1:{self.model_port}"
+        self.proxy = RecordingProxy(f"http://127.0.0.1:{self.model_port}")
+        threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+        return (f"SmolLM2-135M on 127.0.0.1:{self.model_port}, "
+                f"through a recording proxy on 127.0.0.1:{self.proxy.port}")
 
     def start_daemon(self):
         config = os.path.join(self.work, "config.yaml")
@@ -155,7 +217,9 @@ class Run:
         while time.time() < deadline:
             status, body = request("GET", f"{self.base}/extensions/{name}")
             if status == 200 and json.loads(body).get("state") == "running":
-                return json.loads(body)
+                listed = json.loads(body)
+                check(listed.get("tools"), f"extension {name} runs but lists no tools: {body}")
+                return listed
             time.sleep(0.5)
         raise RuntimeError(f"extension {name} is not running: {body}")
 
@@ -163,18 +227,21 @@ class Run:
         self.wait_extension("everything")
         status, body = request("POST", f"{self.base}/session/start",
                                {"prompt": "What is the capital of France?"})
+        check(status == 200, body)
         answer = json.loads(body)
-        assert status == 200, body
-        assert answer["status"] == "success", body
+        check(answer["status"] == "success", body)
+        check(answer["message"].strip(), f"empty answer: {body}")
         self.session = answer["session_id"]
         return f"session {self.session}: {answer['message']!r}"
 
     def reply(self):
         status, body = request("POST", f"{self.base}/session/reply",
                                {"prompt": "Say hello in French."})
+        check(status == 200, body)
         answer = json.loads(body)
-        assert status == 200, body
-        assert answer["status"] == "success", body
+        check(answer["status"] == "success", body)
+        check(answer["session_id"] == self.session, f"reply went to another session: {body}")
+        check(answer["message"].strip(), f"empty answer: {body}")
         return repr(answer["message"])
 
     def stream(self):
@@ -197,32 +264,50 @@ class Run:
                         text += json.loads(line.split(":", 1)[1])["text"]
                     if kind in ("finish", "error"):
                         break
-        assert kinds and kinds[-1] == "finish", kinds
+        check(kinds and kinds[-1] == "finish", f"stream did not end with finish: {kinds}")
+        check(text.strip(), f"no text before finish: {kinds}")
         return f"{kinds.count('text')} text events, then finish: {text!r}"
 
     def tool_call(self):
         body = {"prompt": "Use the echo tool to echo the word banana.",
                 "tool_choice": {"tool": "everything__echo"}}
+        sent_before = len(self.proxy.bodies)
         status, reply = request("POST", f"{self.base}/sessions/{self.session}/reply", body)
-        assert status == 200, reply
+        check(status == 200, reply)
+        answer = json.loads(reply)["message"]
+        check(answer.strip(), f"empty answer: {reply}")
         status, detail = request("GET", f"{self.base}/sessions/{self.session}?limit=500")
         messages = json.loads(detail)["messages"]
         results = [part for message in messages if message["role"] == "tool"
                    for part in message["content"]]
-        assert results, "no tool result stored"
+        check(results, "no tool result stored")
         output = results[-1]["content"][0].get("text", "")
-        assert not results[-1]["is_error"], results[-1]
-        return f"tool result {output!r}; answer {json.loads(reply)['message']!r}"
+        check(not results[-1]["is_error"], f"tool failed: {results[-1]}")
+        check("banana" in output, f"tool result lacks the echoed word: {output!r}")
+        check(messages[-1]["role"] == "assistant", f"last message is not the answer: {messages[-1]}")
+        # The request after the call must carry the tool's output to the model.
+        sent = self.proxy.bodies[sent_before:]
+        check(len(sent) >= 2, f"expected two provider requests, got {len(sent)}")
+        fed_back = [m for m in sent[-1].get("messages", [])
+                    if m.get("role") == "tool" and "banana" in json.dumps(m.get("content"))]
+        check(fed_back, f"the last provider request has no tool result: {sent[-1]}")
+        return (f"tool result {output!r} sent to the model in request {len(sent)} of the turn; "
+                f"answer {answer!r}")
 
     def summarize(self):
         status, body = request("POST", f"{self.base}/session/summarize", {"session_id": self.session})
-        assert status == 200, body
-        return repr(json.loads(body)["message"][:160])
+        check(status == 200, body)
+        summary = json.loads(body)["message"]
+        check(summary.strip(), f"empty summary: {body}")
+        return repr(summary[:160])
 
     def end(self):
         status, body = request("POST", f"{self.base}/session/end", {"session_id": self.session})
-        assert status == 200, body
-        return json.loads(body)["message"]
+        check(status == 200, body)
+        status, after = request("POST", f"{self.base}/session/reply",
+                                {"session_id": self.session, "prompt": "Still there?"})
+        check(status == 409, f"reply to an ended session returned {status}: {after}")
+        return f"{json.loads(body)['message']}; a reply after it gets {status}"
 
     def edit_model(self):
         config = os.path.join(self.work, "config.yaml")
@@ -252,21 +337,28 @@ class Run:
         os.chmod(plugin, 0o644)
         calc = self.wait_extension("calc")
         listed.append(f"calc: {calc['tools']}")
+        check(dropped["tools"] == ["echo"], f"dropped lists {dropped['tools']}")
+        check("evaluate" in calc["tools"], f"calc lists {calc['tools']}")
         status, body = request("GET", f"{self.base}/extensions/list")
+        names = json.loads(body)["extensions"]
+        check({"calc", "dropped", "everything"} <= set(names), body)
         return f"{'; '.join(listed)}; /extensions/list {body}"
 
     def restart(self):
         status, before = request("GET", f"{self.base}/sessions/{self.session}?limit=500")
         self.daemon.send_signal(signal.SIGTERM)
         code = self.daemon.wait(timeout=60)
-        assert code == 0, f"daemon exited with {code}"
+        check(code == 0, f"daemon exited with {code}")
         self.start_daemon()
         status, after = request("GET", f"{self.base}/sessions/{self.session}?limit=500")
-        assert status == 200, after
-        assert json.loads(after)["messages"] == json.loads(before)["messages"]
+        check(status == 200, after)
+        check(json.loads(after)["messages"] == json.loads(before)["messages"],
+              "history differs after the restart")
         return f"{len(json.loads(after)['messages'])} messages read back after the restart"
 
     def stop(self):
+        if self.proxy:
+            self.proxy.shutdown()
         for process in (self.daemon, self.model_server):
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -155,6 +155,16 @@ async fn reload_during_turn_keeps_its_model() {
 
 /// Returns the `model` of each request in aimock's journal, in order.
 async fn journal_models(daemon: &Daemon, aimock: &Aimock) -> Vec<String> {
+    let models = journal_field(daemon, aimock, "model").await;
+    models
+        .iter()
+        .filter_map(|model| model.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Returns the body field `name` of each request in aimock's journal, in order, with `null`
+/// where a request has no such field.
+async fn journal_field(daemon: &Daemon, aimock: &Aimock, name: &str) -> Vec<Value> {
     let journal: Value = daemon
         .http
         .get(format!("{}/__aimock/journal", aimock.url))
@@ -171,6 +181,32 @@ async fn journal_models(daemon: &Daemon, aimock: &Aimock) -> Vec<String> {
         .unwrap_or_default();
     entries
         .iter()
-        .filter_map(|entry| entry["body"]["model"].as_str().map(str::to_owned))
+        .map(|entry| entry["body"][name].clone())
         .collect()
+}
+
+#[tokio::test]
+async fn tool_choice_from_request_and_config() {
+    let (aimock, _fixtures) = start_aimock();
+    let with_choice =
+        config(&aimock, "mock-model").replace("log:\n", "agent:\n  tool_choice: none\nlog:\n");
+    let daemon = Daemon::launch(launch(&with_choice)).await;
+    daemon.wait_running("rust").await;
+
+    let forced = json!({"prompt": "use the echo tool", "tool_choice": {"tool": "rust__echo"}});
+    let (status, answer) = post(&daemon, "/session/start", forced).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["message"], "The tool said ping-42.");
+    let (status, _) = post(&daemon, "/session/reply", json!({"prompt": "hello"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let invalid = json!({"prompt": "hello", "tool_choice": {"tool": 7}});
+    let (status, error) = post(&daemon, "/session/reply", invalid).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+
+    let choices = journal_field(&daemon, &aimock, "tool_choice").await;
+    assert_eq!(choices.len(), 3, "{choices:?}");
+    // The request's choice forces the first step, and the config's applies after it.
+    assert_eq!(choices[0]["function"]["name"], "rust__echo", "{choices:?}");
+    assert_eq!(choices[1], "none", "{choices:?}");
+    assert_eq!(choices[2], "none", "{choices:?}");
 }
