@@ -32,7 +32,9 @@ TIMINGS = []
 
 
 def check(condition, message):
-    """Raise RuntimeError with `message` unless `condition` holds. Unlike assert, python -O keeps it."""
+    """Raise RuntimeError with `message` unless `condition` holds.
+
+    Unlike assert, python -O keeps this check."""
     if not condition:
         raise RuntimeError(message)
 
