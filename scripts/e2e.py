@@ -286,7 +286,8 @@ class Run:
         output = results[-1]["content"][0].get("text", "")
         check(not results[-1]["is_error"], f"tool failed: {results[-1]}")
         check("banana" in output, f"tool result lacks the echoed word: {output!r}")
-        check(messages[-1]["role"] == "assistant", f"last message is not the answer: {messages[-1]}")
+        check(messages[-1]["role"] == "assistant",
+              f"last message is not the answer: {messages[-1]}")
         # The request after the call must carry the tool's output to the model.
         sent = self.proxy.bodies[sent_before:]
         check(len(sent) >= 2, f"expected two provider requests, got {len(sent)}")
