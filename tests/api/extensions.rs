@@ -236,6 +236,32 @@ async fn api_changes_are_off_by_default() {
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(!daemon.path("extensions/added.yaml").exists());
+
+    // Bodies that would be rejected with 400, 415 or 422 if they were parsed.
+    let bodies = [
+        ("application/json", "{not json"),
+        ("text/plain", "added"),
+        ("application/json", "[1, 2]"),
+        ("application/json", ""),
+    ];
+    for path in ["/extensions/add", "/extensions/remove"] {
+        for (content_type, body) in bodies {
+            let response = daemon
+                .http
+                .post(daemon.url(path))
+                .header("x-api-key", ADMIN_KEY)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .expect("send POST");
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{path} with {content_type} body {body:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
