@@ -14,6 +14,7 @@ mod registry;
 mod slot;
 mod sse;
 mod stderr;
+mod streamable_http;
 mod supervisor;
 mod tool_source;
 mod watch;

@@ -17,6 +17,9 @@ use crate::store::Store;
 use crate::tls::{self, CertStore, TlsListener};
 use crate::tools::CountingTools;
 
+/// Time the extensions get to stop at shutdown, after the HTTP drain. Stopping a stdio
+/// server takes up to about 8 s when it ignores its closed stdin and SIGTERM.
+const EXTENSIONS_STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest time between looks for idle sessions; shorter idle timeouts are checked at half
 /// their length.
 const MAX_IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -89,7 +92,7 @@ pub async fn run(
     };
     if let Some(finished) = finished_early {
         shutdown.cancel();
-        extensions.shutdown().await;
+        extensions.shutdown(EXTENSIONS_STOP_DEADLINE).await;
         finished
             .context("the HTTP server task failed")?
             .context("the HTTP server failed")?;
@@ -116,7 +119,7 @@ pub async fn run(
     };
     sessions.cancel_all();
     // Servers stop after the drain, so requests still in flight could use their tools.
-    extensions.shutdown().await;
+    extensions.shutdown(EXTENSIONS_STOP_DEADLINE).await;
     if let Err(error) = watcher.await {
         tracing::error!(%error, "config watcher task failed");
     }

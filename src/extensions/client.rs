@@ -10,16 +10,16 @@ use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Imple
 use rmcp::service::{
     NotificationContext, Peer, QuitReason, RunningService, RunningServiceCancellationToken,
 };
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::process::{self, ServerProcess};
-use super::sse::SseTransport;
+use super::process::{self, GroupRecord, ServerProcess};
+use super::sse::{SseError, SseTransport};
 use super::stderr::StderrTail;
+use super::streamable_http;
 use crate::config::{ExtensionConfig, ExtensionKind};
 use crate::tools::{ToolError, ToolOutput};
 
@@ -72,55 +72,87 @@ pub struct Connection {
 #[error("{0}")]
 pub struct ConnectError(pub String);
 
-/// Starts or reaches the server of `config` and completes the initialize handshake.
-/// A stdio server still in its handshake when `stop` fires is stopped and reaped.
+/// Starts or reaches the server of `config` and completes the initialize handshake, all
+/// within the handshake limit. Gives up when `stop` fires, and a stdio server started by
+/// then is stopped and reaped. `group` records a stdio server's process group.
 pub async fn connect(
     name: &str,
     config: &ExtensionConfig,
     tail: &StderrTail,
+    group: &GroupRecord,
     stop: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
     let limit = Duration::from_secs(config.timeout).min(MAX_HANDSHAKE);
-    let handler = Handler::default();
-    let tools_changed = handler.tools_changed.clone();
     match config.kind {
-        ExtensionKind::Stdio => connect_stdio(name, config, tail, handler, limit, stop).await,
-        ExtensionKind::StreamableHttp => {
-            let transport = streamable_http_transport(config)?;
-            let service = handshake(handler.serve(transport), limit).await?;
-            Ok(Connection::new(service, None, tools_changed))
-        }
-        ExtensionKind::Sse => {
-            let transport = SseTransport::connect(config, limit)
-                .await
-                .map_err(|error| ConnectError(error.to_string()))?;
-            let service = handshake(handler.serve(transport), limit).await?;
-            Ok(Connection::new(service, None, tools_changed))
-        }
+        ExtensionKind::Stdio => connect_stdio(name, config, tail, group, limit, stop).await,
+        ExtensionKind::StreamableHttp | ExtensionKind::Sse => tokio::select! {
+            result = connect_http(name, config, limit) => result,
+            () = stop.cancelled() => Err(ConnectError(
+                "the extension was stopped while connecting".to_owned(),
+            )),
+        },
         ExtensionKind::Builtin | ExtensionKind::Plugin => Err(ConnectError(
             "native plugins are loaded by the plugin loader, not as MCP servers".to_owned(),
         )),
     }
 }
 
+/// Connects over streamable HTTP or SSE. Dropping the future closes the connection.
+async fn connect_http(
+    name: &str,
+    config: &ExtensionConfig,
+    limit: Duration,
+) -> Result<Connection, ConnectError> {
+    let deadline = Instant::now() + limit;
+    let handler = Handler::default();
+    let tools_changed = handler.tools_changed.clone();
+    let service = if config.kind == ExtensionKind::Sse {
+        let transport =
+            SseTransport::connect(config, deadline)
+                .await
+                .map_err(|error| match error {
+                    SseError::TimedOut(step) => timed_out(name, step, limit),
+                    other => ConnectError(other.to_string()),
+                })?;
+        handshake(name, handler.serve(transport), deadline, limit).await?
+    } else {
+        // Ends the transport's requests when the handshake fails or this future is dropped.
+        let closed = CancellationToken::new();
+        let close_on_drop = closed.clone().drop_guard();
+        let transport = streamable_http::transport(config, closed)?;
+        let service = handshake(name, handler.serve(transport), deadline, limit).await?;
+        close_on_drop.disarm();
+        service
+    };
+    Ok(Connection::new(service, None, tools_changed))
+}
+
 async fn handshake<F, E>(
+    name: &str,
     serving: F,
+    deadline: Instant,
     limit: Duration,
 ) -> Result<RunningService<RoleClient, Handler>, ConnectError>
 where
     F: Future<Output = Result<RunningService<RoleClient, Handler>, E>>,
     E: std::fmt::Display,
 {
-    match tokio::time::timeout(limit, serving).await {
+    match tokio::time::timeout_at(deadline, serving).await {
         Ok(Ok(service)) => Ok(service),
         Ok(Err(error)) => Err(ConnectError(format!(
             "the initialize handshake failed: {error}"
         ))),
-        Err(_) => Err(ConnectError(format!(
-            "the server did not respond to the initialize request within {} s",
-            limit.as_secs()
-        ))),
+        Err(_) => Err(timed_out(name, "respond to the initialize request", limit)),
     }
+}
+
+/// Describes a connection `step` that did not finish within `limit`, which counts from
+/// the start of the connection.
+fn timed_out(name: &str, step: &str, limit: Duration) -> ConnectError {
+    ConnectError(format!(
+        "extension {name} timed out: the server did not {step} within {} s",
+        limit.as_secs()
+    ))
 }
 
 /// Outcome of the handshake with a stdio server.
@@ -134,21 +166,24 @@ async fn connect_stdio(
     name: &str,
     config: &ExtensionConfig,
     tail: &StderrTail,
-    handler: Handler,
+    group: &GroupRecord,
     limit: Duration,
     stop: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
+    let deadline = Instant::now() + limit;
+    let handler = Handler::default();
     let tools_changed = handler.tools_changed.clone();
     let program = config.cmd.as_deref().unwrap_or_default();
-    let (mut server, stdout, stdin) = process::spawn(name, config, tail.clone())
+    let (mut server, stdout, stdin) = process::spawn(name, config, tail.clone(), group.clone())
         .map_err(|error| ConnectError(format!("cannot start {program:?}: {error}")))?;
     tracing::debug!(
         extension = name,
         pid = server.pid(),
         "MCP server process started"
     );
+    let serving = handler.serve((stdout, stdin));
     let outcome = tokio::select! {
-        result = handshake(handler.serve((stdout, stdin)), limit) => StdioHandshake::Done(result),
+        result = handshake(name, serving, deadline, limit) => StdioHandshake::Done(result),
         _ = server.exited() => StdioHandshake::Exited,
         () = stop.cancelled() => StdioHandshake::Stopped,
     };
@@ -186,18 +221,6 @@ pub fn with_stderr(message: String, tail: &StderrTail) -> String {
     } else {
         format!("{message}; stderr:\n{lines}")
     }
-}
-
-fn streamable_http_transport(
-    config: &ExtensionConfig,
-) -> Result<StreamableHttpClientTransport<reqwest::Client>, ConnectError> {
-    let uri = config.uri.clone().unwrap_or_default();
-    let headers = header_map(config)?;
-    let settings = StreamableHttpClientTransportConfig::with_uri(uri).custom_headers(headers);
-    Ok(StreamableHttpClientTransport::with_client(
-        reqwest::Client::new(),
-        settings,
-    ))
 }
 
 /// Converts the configured headers; validation has already checked them.

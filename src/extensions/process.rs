@@ -3,9 +3,11 @@
 //! then signalling the whole group, then reaping.
 
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
@@ -27,6 +29,20 @@ pub struct ServerProcess {
     group: Pid,
     exit: Option<ExitStatus>,
     stderr_task: Option<JoinHandle<()>>,
+    record: GroupRecord,
+}
+
+/// The process group of an extension's current stdio server, shared by its
+/// [`ServerProcess`] and the registry. A supervisor task that is aborted drops its server
+/// without the stop sequence, so the registry then kills and reaps the recorded group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupRecord(Arc<Mutex<Option<RecordedGroup>>>);
+
+#[derive(Debug, Clone, Copy)]
+struct RecordedGroup {
+    group: Pid,
+    /// Whether the leader, whose process id is the group id, has been reaped.
+    leader_reaped: bool,
 }
 
 /// Starts `config.cmd` with piped stdio in a new process group. Returns the process and
@@ -35,6 +51,7 @@ pub fn spawn(
     extension: &str,
     config: &ExtensionConfig,
     tail: StderrTail,
+    record: GroupRecord,
 ) -> std::io::Result<(ServerProcess, ChildStdout, ChildStdin)> {
     let program = config.cmd.as_deref().unwrap_or_default();
     let mut command = Command::new(program);
@@ -60,12 +77,14 @@ pub fn spawn(
     let pid = child.id().ok_or_else(missing)?;
     let group = Pid::from_raw(i32::try_from(pid).map_err(std::io::Error::other)?);
     let stderr_task = tokio::spawn(stderr::drain(extension.to_owned(), stderr_pipe, tail));
+    record.set(group);
     let process = ServerProcess {
         extension: extension.to_owned(),
         child,
         group,
         exit: None,
         stderr_task: Some(stderr_task),
+        record,
     };
     Ok((process, stdout, stdin))
 }
@@ -82,7 +101,7 @@ impl ServerProcess {
             return Ok(status);
         }
         let status = self.child.wait().await?;
-        self.exit = Some(status);
+        self.set_exit(status);
         Ok(status)
     }
 
@@ -117,8 +136,14 @@ impl ServerProcess {
                 tracing::warn!(extension = %self.extension, "stderr of a stopped server stayed open");
             }
         }
+        self.record.clear();
         tracing::debug!(extension = %self.extension, status = ?status, "MCP server process reaped");
         status
+    }
+
+    fn set_exit(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+        self.record.mark_leader_reaped();
     }
 
     fn group_alive(&self) -> bool {
@@ -140,7 +165,7 @@ impl ServerProcess {
             if self.exit.is_none()
                 && let Ok(Some(status)) = self.child.try_wait()
             {
-                self.exit = Some(status);
+                self.set_exit(status);
             }
             if !self.group_alive() {
                 return true;
@@ -153,10 +178,77 @@ impl ServerProcess {
     }
 }
 
+impl GroupRecord {
+    fn set(&self, group: Pid) {
+        *self.lock() = Some(RecordedGroup {
+            group,
+            leader_reaped: false,
+        });
+    }
+
+    fn mark_leader_reaped(&self) {
+        if let Some(recorded) = self.lock().as_mut() {
+            recorded.leader_reaped = true;
+        }
+    }
+
+    fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    /// Sends SIGKILL to the recorded group, reaps its leader unless its [`ServerProcess`]
+    /// did, and waits up to `limit` until no live member is left. Returns the group id, or
+    /// `None` when no server was recorded. Only for servers whose supervisor has ended or
+    /// been aborted, because a running [`ServerProcess`] would lose its exit status.
+    pub async fn kill_and_reap(&self, extension: &str, limit: Duration) -> Option<i32> {
+        let recorded = self.lock().take()?;
+        let group = recorded.group;
+        if let Err(error) = killpg(group, Signal::SIGKILL) {
+            tracing::debug!(extension, %error, group = group.as_raw(), "cannot signal process group");
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut leader_reaped = recorded.leader_reaped;
+        loop {
+            if !leader_reaped {
+                // ECHILD means that tokio's reaper of dropped children reaped it first.
+                leader_reaped = !matches!(
+                    waitpid(group, Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                );
+            }
+            if leader_reaped && !has_live_member(group) {
+                tracing::info!(
+                    extension,
+                    group = group.as_raw(),
+                    "killed and reaped the process group of an aborted server"
+                );
+                return Some(group.as_raw());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!(
+                    extension,
+                    group = group.as_raw(),
+                    leader_reaped,
+                    "processes of a killed server's group are still alive"
+                );
+                return Some(group.as_raw());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<RecordedGroup>> {
+        // The record is a plain value that stays consistent if a holder panicked.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Returns whether a process of `group` other than a zombie exists, from `/proc`. Members
 /// that outlive the leader are reparented to init, which reaps them on its own schedule, so
 /// their zombies must not count. Without `/proc`, every member counts.
-fn has_live_member(group: Pid) -> bool {
+pub(super) fn has_live_member(group: Pid) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return true;
     };

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::definition::{Definition, DefinitionProblem, desired_set};
@@ -15,6 +17,14 @@ use super::slot::{ExtensionStatus, Slot};
 use super::supervisor;
 use super::watch::{DirectoryWatch, MAX_DELAY, QUIET_PERIOD, settle};
 use crate::config::{ConfigHandle, ExtensionKind, Snapshot};
+
+/// Time a supervisor gets to stop its extension when the extension is removed or
+/// restarted. The slowest regular stop is a stdio server that needs SIGKILL: 2 s after its
+/// stdin closes, 2 s after SIGTERM, 2 s after SIGKILL and 2 s for its stderr pipe.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Time an aborted supervisor task gets to end, and then its server's killed process group
+/// gets to be reaped.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Shared handle to the registry, cheap to clone.
 #[derive(Debug, Clone)]
@@ -37,7 +47,12 @@ pub(super) struct Published {
 #[derive(Debug)]
 enum Command {
     Reconcile(oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<()>),
+    /// A request to stop every extension and abort the supervisors still running at
+    /// `deadline`.
+    Shutdown {
+        ack: oneshot::Sender<()>,
+        deadline: Instant,
+    },
 }
 
 impl Registry {
@@ -70,12 +85,34 @@ impl Registry {
         self.request(Command::Reconcile).await;
     }
 
-    /// Stops every server and reaps its processes; returns when all are gone.
-    pub async fn shutdown(&self) {
-        self.request(Command::Shutdown).await;
+    /// Stops every server and reaps its processes. Supervisors still running after `limit`
+    /// are aborted, and the process groups of their stdio servers killed and reaped, so
+    /// this returns at most about 8 s after `limit`.
+    pub async fn shutdown(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let stopped = self.request(|ack| Command::Shutdown { ack, deadline });
+        // The loop itself aborts and reaps within 2 × ABORT_GRACE after the deadline, but
+        // it may still be busy with a reconcile.
+        if tokio::time::timeout_at(deadline + ABORT_GRACE * 3, stopped)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        // The supervisors may still run, so a server killed here can also be reported as
+        // crashed, which no longer matters during shutdown.
+        let slots = self.shared.slots.load_full();
+        tracing::error!(
+            extensions = ?slots.keys().collect::<Vec<_>>(),
+            "the extension registry did not stop in time, so its stdio servers are killed"
+        );
+        let killed = slots
+            .values()
+            .map(|slot| slot.server_group.kill_and_reap(&slot.name, ABORT_GRACE));
+        futures::future::join_all(killed).await;
     }
 
-    async fn request(&self, command: fn(oneshot::Sender<()>) -> Command) {
+    async fn request(&self, command: impl FnOnce(oneshot::Sender<()>) -> Command) {
         let (ack, done) = oneshot::channel();
         if self.commands.send(command(ack)).is_ok() {
             // An error means the loop has ended, which is what shutdown waits for.
@@ -137,15 +174,37 @@ impl Member {
         Self { slot, stop, task }
     }
 
-    async fn stop(mut self) -> Arc<Slot> {
+    /// Cancels the supervisor and waits for it until `deadline`. A supervisor still
+    /// running then is aborted, and the process group of its stdio server killed and
+    /// reaped. Returns the slot and whether the supervisor had to be aborted.
+    async fn stop(mut self, deadline: Instant) -> (Arc<Slot>, bool) {
         self.stop.cancel();
-        if let Some(task) = self.task.take()
-            && let Err(error) = task.await
-        {
-            tracing::error!(extension = %self.slot.name, %error, "extension supervisor failed");
-            self.slot.set_stopped();
-        }
+        let Some(mut task) = self.task.take() else {
+            return (self.slot, false);
+        };
+        let name = &self.slot.name;
+        let aborted = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(())) => return (self.slot, false),
+            Ok(Err(error)) => {
+                tracing::error!(extension = %name, %error, "extension supervisor failed");
+                false
+            }
+            Err(_) => {
+                task.abort();
+                // NOTE: a task blocked outside an await point cannot be aborted and keeps
+                // running. The wait below only bounds how long the registry waits for it.
+                let _ = tokio::time::timeout(ABORT_GRACE, task).await;
+                tracing::error!(extension = %name, "extension did not stop in time, so its supervisor was aborted");
+                true
+            }
+        };
+        // The supervisor ended without its stop sequence, so its server may still run.
         self.slot
+            .server_group
+            .kill_and_reap(name, ABORT_GRACE)
+            .await;
+        self.slot.set_stopped();
+        (self.slot, aborted)
     }
 }
 
@@ -200,13 +259,13 @@ impl Reconciler {
                     self.reconcile().await;
                     let _ = ack.send(());
                 }
-                Event::Command(Command::Shutdown(ack)) => {
-                    self.stop_all().await;
+                Event::Command(Command::Shutdown { ack, deadline }) => {
+                    self.stop_all(deadline).await;
                     let _ = ack.send(());
                     break;
                 }
                 Event::Closed => {
-                    self.stop_all().await;
+                    self.stop_all(Instant::now() + STOP_GRACE).await;
                     break;
                 }
             }
@@ -250,10 +309,15 @@ impl Reconciler {
                 member.slot.set_definition(next);
             }
         }
-        let stopped = futures::future::join_all(stopping.into_iter().map(Member::stop));
+        let deadline = Instant::now() + STOP_GRACE;
+        let stopped = futures::future::join_all(
+            stopping
+                .into_iter()
+                .map(|member: Member| member.stop(deadline)),
+        );
         let restarted = futures::future::join_all(restarting.into_iter().map(
             |(member, next): (Member, Definition)| async move {
-                let slot = member.stop().await;
+                let (slot, _) = member.stop(deadline).await;
                 slot.set_definition(next);
                 slot
             },
@@ -274,12 +338,26 @@ impl Reconciler {
         self.publish(desired.problems);
     }
 
-    async fn stop_all(&mut self) {
+    async fn stop_all(&mut self, deadline: Instant) {
         let members = std::mem::take(&mut self.members);
         let count = members.len();
-        futures::future::join_all(members.into_values().map(Member::stop)).await;
+        let stops = members.into_values().map(|member| member.stop(deadline));
+        let stopped = futures::future::join_all(stops).await;
         self.publish(Vec::new());
-        tracing::info!(extensions = count, "all extensions stopped");
+        let aborted: Vec<&str> = stopped
+            .iter()
+            .filter(|(_, aborted)| *aborted)
+            .map(|(slot, _)| slot.name.as_str())
+            .collect();
+        if aborted.is_empty() {
+            tracing::info!(extensions = count, "all extensions stopped");
+        } else {
+            tracing::warn!(
+                extensions = count,
+                ?aborted,
+                "all extensions stopped, but the supervisors of some did not stop in time and were aborted"
+            );
+        }
     }
 
     fn publish(&self, problems: Vec<DefinitionProblem>) {
@@ -290,5 +368,61 @@ impl Reconciler {
             .collect();
         self.shared.slots.store(Arc::new(slots));
         self.shared.problems.store(Arc::new(problems));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::unistd::Pid;
+
+    use super::*;
+    use crate::config::ExtensionConfig;
+    use crate::extensions::definition::Source;
+    use crate::extensions::process;
+    use crate::extensions::slot::State;
+
+    #[tokio::test]
+    async fn stop_aborts_stuck_supervisor_and_kills_group() {
+        let config: ExtensionConfig = serde_json::from_value(serde_json::json!({
+            "type": "stdio",
+            "cmd": "/bin/sh",
+            "args": ["-c", "sleep 1000 & exec sleep 1000"],
+        }))
+        .unwrap();
+        let slot = Slot::new(Definition {
+            name: "stuck".to_owned(),
+            source: Source::Config,
+            config: config.clone(),
+            file: None,
+        });
+        let spawned = process::spawn(
+            "stuck",
+            &config,
+            slot.tail.clone(),
+            slot.server_group.clone(),
+        );
+        let (server, _stdout, _stdin) = spawned.unwrap();
+        let group = Pid::from_raw(server.pid());
+        // A supervisor that ignores its stop token and keeps its server running.
+        let task = tokio::spawn(async move {
+            let _server = server;
+            std::future::pending::<()>().await;
+        });
+        let member = Member {
+            slot,
+            stop: CancellationToken::new(),
+            task: Some(task),
+        };
+
+        let (slot, aborted) = member
+            .stop(Instant::now() + Duration::from_millis(200))
+            .await;
+        assert!(aborted);
+        assert_eq!(slot.status().state, State::Stopped);
+        assert!(!process::has_live_member(group), "group {group} is alive");
+        assert!(
+            nix::sys::wait::waitpid(group, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).is_err(),
+            "the server was not reaped"
+        );
     }
 }

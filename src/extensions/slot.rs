@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use super::definition::{Definition, Source};
 use super::plugin::PluginVersion;
+use super::process::GroupRecord;
 use super::stderr::StderrTail;
 use crate::tools::ToolDefinition;
 
@@ -75,6 +76,8 @@ pub struct Slot {
     runtime: Mutex<Runtime>,
     /// Last lines of a stdio server's stderr.
     pub tail: StderrTail,
+    /// Process group of the current stdio server.
+    pub server_group: GroupRecord,
     /// Plugin calls that timed out or were cancelled and whose thread still runs.
     pub hung_calls: Arc<AtomicU64>,
     /// Wakes a plugin's supervisor to check its library file for a new version.
@@ -148,6 +151,7 @@ impl Slot {
                 retired: Vec::new(),
             }),
             tail: StderrTail::default(),
+            server_group: GroupRecord::default(),
             hung_calls: Arc::default(),
             refresh: Notify::new(),
         })

@@ -2,8 +2,6 @@
 //! ships: the client opens an SSE stream, the server's first `endpoint` event names the URL
 //! for POSTing messages, and responses arrive as `message` events on the stream.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use rmcp::RoleClient;
@@ -12,6 +10,7 @@ use rmcp::transport::Transport;
 use sse_stream::{Sse, SseStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use url::Url;
 
 use super::client::header_map;
@@ -32,6 +31,10 @@ pub enum SseError {
     /// The stream ended or broke before the server sent its `endpoint` event.
     #[error("the SSE stream ended before the server sent its endpoint event: {0}")]
     NoEndpoint(String),
+    /// The deadline passed before the server completed this step, such as "send the
+    /// response headers of its SSE stream".
+    #[error("the server did not {0} in time")]
+    TimedOut(&'static str),
 }
 
 /// A client transport over HTTP+SSE.
@@ -45,8 +48,9 @@ pub struct SseTransport {
 }
 
 impl SseTransport {
-    /// Opens the SSE stream at `config.uri` and waits up to `limit` for the endpoint event.
-    pub async fn connect(config: &ExtensionConfig, limit: Duration) -> Result<Self, SseError> {
+    /// Opens the SSE stream at `config.uri` and waits for the endpoint event, both before
+    /// `deadline`.
+    pub async fn connect(config: &ExtensionConfig, deadline: Instant) -> Result<Self, SseError> {
         let uri = config.uri.as_deref().unwrap_or_default();
         let url = Url::parse(uri)
             .map_err(|error| SseError::Invalid(format!("invalid URL {uri:?}: {error}")))?;
@@ -54,15 +58,17 @@ impl SseTransport {
         let configured = header_map(config).map_err(|error| SseError::Invalid(error.0))?;
         headers.extend(configured);
         let client = reqwest::Client::new();
-        let response = client
+        let request = client
             .get(url.clone())
             .headers(headers.clone())
             .header(ACCEPT, "text/event-stream")
-            .send()
-            .await?
+            .send();
+        let response = tokio::time::timeout_at(deadline, request)
+            .await
+            .map_err(|_| SseError::TimedOut("send the response headers of its SSE stream"))??
             .error_for_status()?;
         let mut events = Box::pin(SseStream::from_bytes_stream(response.bytes_stream()));
-        let endpoint = tokio::time::timeout(limit, async {
+        let endpoint = tokio::time::timeout_at(deadline, async {
             while let Some(event) = events.next().await {
                 let event = event.map_err(|error| SseError::NoEndpoint(error.to_string()))?;
                 if event.event.as_deref() == Some("endpoint") {
@@ -74,7 +80,7 @@ impl SseTransport {
             ))
         })
         .await
-        .map_err(|_| SseError::NoEndpoint(format!("no event within {} s", limit.as_secs())))??;
+        .map_err(|_| SseError::TimedOut("send its endpoint event"))??;
         let (sender, incoming) = mpsc::channel(CHANNEL_CAPACITY);
         let reader = tokio::spawn(async move {
             while let Some(Ok(event)) = events.next().await {

@@ -41,7 +41,14 @@ pub async fn supervise(slot: Arc<Slot>, stop: CancellationToken) {
         let definition = slot.definition();
         tracing::info!(extension = %slot.name, kind = ?definition.config.kind, "starting extension");
         let started = Instant::now();
-        match client::connect(&slot.name, &definition.config, &slot.tail, &stop).await {
+        let connected = client::connect(
+            &slot.name,
+            &definition.config,
+            &slot.tail,
+            &slot.server_group,
+            &stop,
+        );
+        match connected.await {
             Ok(mut connection) => {
                 let ended = serve(&slot, &mut connection, &stop).await;
                 slot.detach(match ended {

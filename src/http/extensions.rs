@@ -1,7 +1,8 @@
 //! Handlers of the extension routes: list, status, add, remove and direct tool calls.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
@@ -105,10 +106,9 @@ pub struct ExtensionResponse {
         (status = 422, description = "Invalid definition", body = ErrorBody)))]
 pub async fn add(
     State(state): State<AppState>,
-    CurrentConfig(snapshot): CurrentConfig,
+    _: ApiChangesAllowed,
     ApiJson(request): ApiJson<AddRequest>,
 ) -> Result<Json<ExtensionResponse>, ApiError> {
-    require_api_changes(snapshot.config.extensions_allow_api_changes)?;
     let config = parse_definition(&request.name, request.config)?;
     let path = state
         .extensions
@@ -139,10 +139,9 @@ pub async fn add(
         (status = 409, description = "Defined in the config file", body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
-    CurrentConfig(snapshot): CurrentConfig,
+    _: ApiChangesAllowed,
     ApiJson(name): ApiJson<String>,
 ) -> Result<Json<ExtensionResponse>, ApiError> {
-    require_api_changes(snapshot.config.extensions_allow_api_changes)?;
     state.extensions.remove(&name).await.map_err(change_error)?;
     Ok(Json(ExtensionResponse {
         error: false,
@@ -179,6 +178,23 @@ pub async fn call_tool(
         .await
         .map_err(tool_error)?;
     Ok(Json(output))
+}
+
+/// Evidence that `extensions_allow_api_changes` is on in the request's config snapshot.
+/// Handlers take it before the body, so with API changes off an admin request gets 403
+/// before its body is read or parsed. The guard's check of a declared `Content-Length`
+/// against `limits.max_body_bytes` still comes first.
+#[derive(Debug)]
+pub struct ApiChangesAllowed;
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiChangesAllowed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let CurrentConfig(snapshot) = CurrentConfig::from_request_parts(parts, state).await?;
+        require_api_changes(snapshot.config.extensions_allow_api_changes)?;
+        Ok(Self)
+    }
 }
 
 fn require_api_changes(allowed: bool) -> Result<(), ApiError> {

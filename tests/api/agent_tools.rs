@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::aimock::Aimock;
 use crate::helpers::{ADMIN_KEY, Daemon, rename_save};
-use crate::peers::{launch, rust_server};
+use crate::peers::{launch, python_server, rust_server, start_everything_http};
 
 const FIXTURES: &str = r#"{"fixtures": [
   {"match": {"toolResultContains": "ping-42"}, "response": {"content": "The tool said ping-42."}},
@@ -13,6 +13,55 @@ const FIXTURES: &str = r#"{"fixtures": [
    "response": {"toolCalls": [{"name": "rust__echo", "arguments": {"text": "ping-42"}}]}},
   {"match": {"userMessage": "hello"}, "response": {"content": "Hello."}}
 ]}"#;
+
+/// One scripted turn per transport: the prompt, the tool call it triggers, the text the
+/// tool returns and the answer the model gives after it.
+const TRANSPORT_TURNS: [(&str, &str, &str, &str); 3] = [
+    (
+        "call echo over sse",
+        "sse__echo",
+        "Echo: sse-token-17",
+        "The SSE tool said sse-token-17.",
+    ),
+    (
+        "call echo over streamable http",
+        "streamable__echo",
+        "Echo: http-token-23",
+        "The HTTP tool said http-token-23.",
+    ),
+    (
+        "call shout in python",
+        "python__shout",
+        "PY-TOKEN-31",
+        "The Python tool said PY-TOKEN-31.",
+    ),
+];
+
+const TRANSPORT_FIXTURES: &str = r#"{"fixtures": [
+  {"match": {"toolResultContains": "sse-token-17"},
+   "response": {"content": "The SSE tool said sse-token-17."}},
+  {"match": {"toolResultContains": "http-token-23"},
+   "response": {"content": "The HTTP tool said http-token-23."}},
+  {"match": {"toolResultContains": "PY-TOKEN-31"},
+   "response": {"content": "The Python tool said PY-TOKEN-31."}},
+  {"match": {"userMessage": "call echo over sse"},
+   "response": {"toolCalls": [{"name": "sse__echo", "arguments": {"message": "sse-token-17"}}]}},
+  {"match": {"userMessage": "call echo over streamable http"},
+   "response": {"toolCalls": [
+     {"name": "streamable__echo", "arguments": {"message": "http-token-23"}}]}},
+  {"match": {"userMessage": "call shout in python"},
+   "response": {"toolCalls": [{"name": "python__shout", "arguments": {"text": "py-token-31"}}]}}
+]}"#;
+
+/// A test peer process, killed when the test ends or fails.
+struct Peer(std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn config(aimock: &Aimock, model: &str) -> String {
     format!(
@@ -24,10 +73,25 @@ fn config(aimock: &Aimock, model: &str) -> String {
 }
 
 fn start_aimock() -> (Aimock, tempfile::TempDir) {
+    start_aimock_with(FIXTURES)
+}
+
+fn start_aimock_with(fixtures_json: &str) -> (Aimock, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let fixtures = dir.path().join("fixtures.json");
-    std::fs::write(&fixtures, FIXTURES).expect("write fixtures");
+    std::fs::write(&fixtures, fixtures_json).expect("write fixtures");
     (Aimock::start_with(&fixtures, &[]), dir)
+}
+
+/// Returns the messages of session `id` from `GET /sessions/{id}`.
+async fn history(daemon: &Daemon, id: &str) -> Vec<Value> {
+    let detail: Value = daemon
+        .get(&format!("/sessions/{id}"), ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .expect("session JSON");
+    detail["messages"].as_array().cloned().unwrap_or_default()
 }
 
 async fn post(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
@@ -209,4 +273,49 @@ async fn tool_choice_from_request_and_config() {
     assert_eq!(choices[0]["function"]["name"], "rust__echo", "{choices:?}");
     assert_eq!(choices[1], "none", "{choices:?}");
     assert_eq!(choices[2], "none", "{choices:?}");
+}
+
+#[tokio::test]
+async fn turn_calls_tool_over_each_transport() {
+    let (aimock, _fixtures) = start_aimock_with(TRANSPORT_FIXTURES);
+    let (sse_server, sse_port) = start_everything_http("sse");
+    let _sse_server = Peer(sse_server);
+    let (http_server, http_port) = start_everything_http("streamableHttp");
+    let _http_server = Peer(http_server);
+    let (python, script) = python_server();
+    let config = format!(
+        "port: 0\napi_key: {ADMIN_KEY}\nprovider: openai\nmodel: mock-model\nproviders:\n  \
+         openai:\n    base_url: {}/v1\nextensions:\n  sse:\n    type: sse\n    uri: \
+         http://127.0.0.1:{sse_port}/sse\n  streamable:\n    type: streamable_http\n    uri: \
+         http://127.0.0.1:{http_port}/mcp\n  python:\n    type: stdio\n    cmd: {python:?}\n    \
+         args: [{script:?}]\nlog:\n  format: json\n",
+        aimock.url
+    );
+    let daemon = Daemon::launch(launch(&config)).await;
+    for name in ["sse", "streamable", "python"] {
+        daemon.wait_running(name).await;
+    }
+
+    for (prompt, tool, result, answer) in TRANSPORT_TURNS {
+        let (status, body) = post(&daemon, "/session/start", json!({"prompt": prompt})).await;
+        assert_eq!(status, StatusCode::OK, "{prompt}: {body}");
+        assert_eq!(body["message"], answer, "{prompt}: {body}");
+        let id = body["session_id"].as_str().unwrap_or_default();
+        let messages = history(&daemon, id).await;
+        assert_eq!(messages.len(), 4, "{prompt}: {messages:#?}");
+        let request = &messages[1]["content"][0];
+        assert_eq!(request["type"], "tool_request", "{prompt}: {request}");
+        assert_eq!(request["name"], tool, "{prompt}: {request}");
+        let response = &messages[2];
+        assert_eq!(response["role"], "tool", "{prompt}: {response}");
+        assert_eq!(
+            response["content"][0]["content"][0]["text"], result,
+            "{prompt}: {response}"
+        );
+        assert_eq!(
+            response["content"][0]["is_error"], false,
+            "{prompt}: {response}"
+        );
+        assert_eq!(messages[3]["role"], "assistant", "{prompt}: {messages:#?}");
+    }
 }

@@ -1,13 +1,15 @@
 //! Stdio server processes: failures at start, odd output, crashes, timeouts, and that no
 //! process is left behind.
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Daemon, config_with_key, rename_save};
+use crate::helpers::{ADMIN_KEY, Daemon, config_with_key, rename_save};
 use crate::peers::{
-    group_alive, launch, rust_server, stdio_manifest, wait_group_gone, zombie_children,
+    child_groups, group_alive, launch, rust_server, stdio_manifest, wait_group_gone,
+    wait_no_zombies, zombie_children,
 };
 
 fn daemon_config(name: &str, cmd: &str, args: &[&str], extra: &str) -> String {
@@ -128,6 +130,71 @@ async fn server_killed_mid_call_restarts() {
             .await,
         "back"
     );
+}
+
+#[tokio::test]
+async fn server_sigkilled_mid_call_restarts() {
+    // The call timeout is far beyond the client's WAIT, so a call that returns at all
+    // was not ended by the timeout.
+    let config = daemon_config("victim", &rust_server(), &[], "    timeout: 120\n");
+    let daemon = Daemon::launch(launch(&config)).await;
+    daemon.wait_running("victim").await;
+    let pid: i32 = daemon
+        .call_text("victim", "pid", json!({}))
+        .await
+        .parse()
+        .expect("pid tool returns a number");
+    assert_eq!(
+        child_groups(daemon.pid()),
+        [pid],
+        "the server leads its own group"
+    );
+
+    let never_created = daemon.path("never-created");
+    let call = tokio::spawn(
+        daemon
+            .http
+            .post(daemon.url("/extensions/victim/tools/wait_file"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&json!({"path": never_created}))
+            .send(),
+    );
+    daemon
+        .wait_extension("victim", |s| {
+            s["stderr_tail"].to_string().contains("waiting for")
+        })
+        .await;
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("send SIGKILL to the server");
+
+    let response = call
+        .await
+        .expect("call task")
+        .expect("the call returns before the client timeout");
+    let code = response.status();
+    let body: Value = response.json().await.expect("error JSON");
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("extension victim"), "{message}");
+
+    let status = daemon
+        .wait_extension("victim", |s| s["state"] == "running" && s["restarts"] == 1)
+        .await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("killed by signal 9"), "{error}");
+    assert_eq!(
+        daemon
+            .call_text("victim", "echo", json!({"text": "back"}))
+            .await,
+        "back"
+    );
+    let new_pid: i32 = daemon
+        .call_text("victim", "pid", json!({}))
+        .await
+        .parse()
+        .expect("pid tool returns a number");
+    assert_ne!(new_pid, pid);
+    wait_no_zombies(daemon.pid()).await;
+    assert_eq!(child_groups(daemon.pid()), [new_pid]);
 }
 
 #[tokio::test]

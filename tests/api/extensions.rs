@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_KEY, Daemon, config_with_key, rename_save};
 use crate::peers::{
-    everything_server, launch, loopback_preload, python_server, rust_server, stdio_manifest,
+    everything_server, launch, python_server, rust_server, start_everything_http, stdio_manifest,
     tool_names,
 };
 
@@ -236,6 +236,32 @@ async fn api_changes_are_off_by_default() {
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(!daemon.path("extensions/added.yaml").exists());
+
+    // Bodies that would be rejected with 400, 415 or 422 if they were parsed.
+    let bodies = [
+        ("application/json", "{not json"),
+        ("text/plain", "added"),
+        ("application/json", "[1, 2]"),
+        ("application/json", ""),
+    ];
+    for path in ["/extensions/add", "/extensions/remove"] {
+        for (content_type, body) in bodies {
+            let response = daemon
+                .http
+                .post(daemon.url(path))
+                .header("x-api-key", ADMIN_KEY)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .expect("send POST");
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{path} with {content_type} body {body:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -271,34 +297,6 @@ async fn everything_server_over_stdio() {
         .call_text("everything", "echo", json!({"message": "hi"}))
         .await;
     assert_eq!(text, "Echo: hi");
-}
-
-/// Starts server-everything in `mode` on a free loopback port and returns the process and
-/// the port.
-fn start_everything_http(mode: &str) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("pick a free port");
-    let child = std::process::Command::new("node")
-        .arg("--require")
-        .arg(loopback_preload())
-        .arg(everything_server())
-        .arg(mode)
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start node");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < crate::peers::EXTENSION_WAIT,
-            "{mode} server did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    (child, port)
 }
 
 async fn check_http_transport(mode: &str, kind: &str, path: &str) {

@@ -19,3 +19,4 @@ mod reload;
 mod replicas;
 mod sessions;
 mod tls;
+mod unresponsive_servers;

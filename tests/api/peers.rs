@@ -52,6 +52,34 @@ pub fn loopback_preload() -> String {
         .to_string()
 }
 
+/// Starts server-everything in `mode` on a free loopback port and returns the process and
+/// the port.
+pub fn start_everything_http(mode: &str) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("pick a free port");
+    let child = std::process::Command::new("node")
+        .arg("--require")
+        .arg(loopback_preload())
+        .arg(everything_server())
+        .arg(mode)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start node");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < crate::peers::EXTENSION_WAIT,
+            "{mode} server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, port)
+}
+
 /// The Python interpreter of the test virtual environment and the Python test server.
 pub fn python_server() -> (String, String) {
     crate::aimock::install_peers();
