@@ -223,6 +223,35 @@ pub fn with_stderr(message: String, tail: &StderrTail) -> String {
     }
 }
 
+/// Maximum redirects an HTTP extension's client follows, as reqwest's default policy does.
+const MAX_REDIRECTS: usize = 10;
+
+/// Builds the HTTP client of an SSE or streamable HTTP extension. It follows a redirect only
+/// within the first URL's origin, because the configured headers go with every request and
+/// may hold a credential that another host must not see.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !same_origin {
+            let from = attempt.previous().first().map(ToString::to_string);
+            tracing::warn!(
+                from = from.as_deref().unwrap_or_default(),
+                to = %attempt.url(),
+                "redirect of an HTTP extension to another origin rejected; set its uri to the final URL"
+            );
+            attempt.error("redirect to another origin; set the extension's uri to the final URL")
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder().redirect(policy).build()
+}
+
 /// Converts the configured headers; validation has already checked them.
 pub fn header_map(
     config: &ExtensionConfig,

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::header_map;
+use super::client::{header_map, http_client};
 use crate::config::ExtensionConfig;
 
 /// Messages buffered between the SSE reader and the MCP client.
@@ -57,7 +57,7 @@ impl SseTransport {
         let mut headers = HeaderMap::new();
         let configured = header_map(config).map_err(|error| SseError::Invalid(error.0))?;
         headers.extend(configured);
-        let client = reqwest::Client::new();
+        let client = http_client()?;
         let request = client
             .get(url.clone())
             .headers(headers.clone())

@@ -18,7 +18,7 @@ use rmcp::transport::streamable_http_client::{
 use sse_stream::Sse;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{ConnectError, header_map};
+use super::client::{ConnectError, header_map, http_client};
 use crate::config::ExtensionConfig;
 
 /// A reqwest client whose requests fail with [`StreamableHttpError::TransportChannelClosed`]
@@ -39,10 +39,9 @@ pub fn transport(
     let uri = config.uri.clone().unwrap_or_default();
     let headers = header_map(config)?;
     let settings = StreamableHttpClientTransportConfig::with_uri(uri).custom_headers(headers);
-    let client = ClosableClient {
-        inner: reqwest::Client::new(),
-        closed,
-    };
+    let inner = http_client()
+        .map_err(|error| ConnectError(format!("HTTP client set-up failed: {error}")))?;
+    let client = ClosableClient { inner, closed };
     Ok(StreamableHttpClientTransport::with_client(client, settings))
 }
 

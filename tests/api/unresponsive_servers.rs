@@ -1,5 +1,6 @@
-//! HTTP extensions whose server accepts TCP connections and never responds: the connection
-//! times out, and neither removal nor shutdown waits for it.
+//! HTTP extensions whose server misbehaves. A server that accepts TCP connections and never
+//! responds times out, and neither removal nor shutdown waits for it. A redirect to another
+//! origin is not followed, so the configured headers stay with the configured server.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -183,4 +184,60 @@ async fn unresponsive_sse_server_times_out_and_stops() {
 #[tokio::test]
 async fn unresponsive_streamable_http_server_times_out_and_stops() {
     check_unresponsive_server("streamable_http").await;
+}
+
+/// Starts a listener on 127.0.0.1 that responds to every request with a redirect to `location`
+/// and returns its port.
+async fn start_redirecting_server(location: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let location = location.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0_u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let response = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\n\
+                     content-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+async fn check_cross_origin_redirect(kind: &str) {
+    // `localhost` and `127.0.0.1` are different origins that reach the same listener.
+    let target = SilentServer::start().await;
+    let location = format!("http://localhost:{}/elsewhere", target.port);
+    let redirecting = start_redirecting_server(location).await;
+    let config = config_with_key(&format!(
+        "extensions:\n  moved:\n    type: {kind}\n    uri: http://127.0.0.1:{redirecting}/mcp\n    \
+         timeout: 5\n    headers:\n      x-upstream-token: redirect-secret-0123456789\n",
+    ));
+    let daemon = crate::helpers::Daemon::launch(launch(&config)).await;
+
+    let status = daemon
+        .wait_extension("moved", |s| s["state"] == "failed")
+        .await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("error following redirect"), "{error}");
+    assert_eq!(target.connections("/elsewhere").opened, 0, "{status}");
+    let logs = daemon.stderr_text();
+    assert!(logs.contains("to another origin rejected"), "{logs}");
+    assert!(!logs.contains("redirect-secret"), "{logs}");
+}
+
+#[tokio::test]
+async fn sse_redirect_to_other_origin_is_rejected() {
+    check_cross_origin_redirect("sse").await;
+}
+
+#[tokio::test]
+async fn streamable_http_redirect_to_other_origin_is_rejected() {
+    check_cross_origin_redirect("streamable_http").await;
 }
