@@ -8,6 +8,8 @@ mod convert;
 pub mod definition;
 pub mod env;
 pub mod manifest;
+#[cfg(target_os = "linux")]
+pub(crate) mod orphans;
 mod plugin;
 mod process;
 mod registry;

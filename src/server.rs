@@ -49,6 +49,8 @@ pub async fn run(
         .with_context(|| format!("cannot open the session store {store_url}"))?;
     let metrics = Arc::new(Metrics::new().context("while registering the metrics")?);
     let extensions = Registry::start(config.clone());
+    #[cfg(target_os = "linux")]
+    crate::extensions::orphans::spawn_sweeper(shutdown.child_token());
     let tools = Arc::new(CountingTools::new(
         Arc::new(extensions.clone()),
         metrics.clone(),

@@ -68,6 +68,9 @@ pub fn spawn(
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
+    // Set last, so that no `envs` entry can replace the marker.
+    #[cfg(target_os = "linux")]
+    command.envs(super::orphans::marker_env(extension));
     let mut child = command.spawn()?;
     tail.clear();
     let missing = || std::io::Error::other("child pipes were not created");

@@ -1,27 +1,38 @@
 //! The whole daemon against misbehaving neighbours at once: a provider that fails, rate
-//! limits, drops streams and stalls mid-stream, an MCP server that crashes, hangs and floods,
-//! a plugin tool that panics, an invalid config edit, and a `kill -9` mid-turn followed by a
-//! restart. At the end no extension server process is left behind and the daemon has no
-//! zombie children.
+//! limits, disconnects, cuts streams part-way and stalls, MCP servers that crash, hang and
+//! flood stderr, a plugin tool that panics, and an invalid config edit, with JSON and
+//! streaming clients in several sessions. Then a `kill -9` mid-turn and a restart, after
+//! which no extension server process is left behind and no committed message is lost.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+mod clients;
+mod history;
+mod provider;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::aimock::Aimock;
-use crate::helpers::{ADMIN_KEY, Daemon, Launch, rename_save};
-use crate::peers::{child_groups, launch, rust_server, wait_group_gone, wait_no_zombies};
+use crate::helpers::{ADMIN_KEY, Daemon, Launch, WAIT, config_with_key, rename_save};
+use crate::peers::{
+    EXTENSION_WAIT, child_groups, group_members, launch, rust_server, wait_group_gone,
+    wait_no_zombies,
+};
 use crate::plugins::built_library;
+use clients::{DirectCalls, Observed, SharedObserved};
+use provider::{Fault, Injector};
 
 const FIXTURES: &str = r#"{"fixtures": [
   {"match": {"userMessage": "crash the tool"},
-   "response": {"toolCalls": [{"name": "rust__crash", "arguments": {}}]}},
+   "response": {"toolCalls": [{"name": "crash__crash", "arguments": {}}]}},
   {"match": {"userMessage": "hang the tool"},
-   "response": {"toolCalls": [{"name": "rust__sleep", "arguments": {"ms": 60000}}]}},
+   "response": {"toolCalls": [{"name": "hang__sleep", "arguments": {"ms": 60000}}]}},
+  {"match": {"userMessage": "hang the wrapped tool"},
+   "response": {"toolCalls": [{"name": "wrapped__sleep", "arguments": {"ms": 60000}}]}},
   {"match": {"userMessage": "flood the tool"},
    "response": {"toolCalls": [{"name": "rust__big", "arguments": {"bytes": 3000000}}]}},
   {"match": {"userMessage": "panic the plugin"},
@@ -29,259 +40,168 @@ const FIXTURES: &str = r#"{"fixtures": [
   {"match": {"userMessage": "stall the provider"},
    "response": {"content": "An answer whose stream stalls between its chunks."},
    "latency": 1500, "chunkSize": 8},
+  {"match": {"userMessage": "cut the stream"},
+   "response": {"content": "CUT-TEXT: aimock ends this stream after three chunks, long before the sentence ends."},
+   "truncateAfterChunks": 3},
+  {"match": {"userMessage": "drop the stream"},
+   "response": {"content": "CUT-TIMED: aimock closes this connection 300 ms into the stream, while chunks still follow."},
+   "latency": 100, "disconnectAfterMs": 300},
+  {"match": {"userMessage": "cut the tool call"},
+   "response": {"toolCalls": [{"name": "rust__echo", "arguments": {"text": "CUT-CALL: arguments that aimock never finishes sending"}}]},
+   "truncateAfterChunks": 2},
   {"match": {"userMessage": "plain question"},
    "response": {"content": "A plain answer that streams in several chunks to the client."}}
 ]}"#;
 
-const PROMPTS: [&str; 5] = [
+/// The only answer a fixture completes, besides tool requests.
+const PLAIN_ANSWER: &str = "A plain answer that streams in several chunks to the client.";
+/// Texts of the responses that aimock never sends whole.
+const NEVER_STORED: [&str; 4] = ["CUT-TEXT", "CUT-TIMED", "CUT-CALL", "stalls between"];
+/// The prompt whose response stalls.
+const STALL_PROMPT: &str = "stall the provider";
+/// The prompt whose tool call is in flight when the daemon is killed.
+const KILLED_PROMPT: &str = "hang the wrapped tool";
+
+/// Prompts of the JSON clients, each sent once per session.
+const JSON_PROMPTS: &[&str] = &[
     "plain question",
     "crash the tool",
     "hang the tool",
     "flood the tool",
     "panic the plugin",
+    STALL_PROMPT,
+    "cut the stream",
+    "drop the stream",
+    "cut the tool call",
 ];
-/// Sessions that run turns at the same time, one client each.
-const SESSIONS: usize = 4;
-/// Turns per client; with five prompts each client sends every prompt once.
-const ROUNDS: usize = 5;
-/// Maximum number of direct tool calls sent while the turns run.
-const MAX_DIRECT_CALLS: usize = 60;
-/// Direct tool calls, extension and tool, sent in turn.
-const DIRECT_CALLS: [(&str, &str, &str); 3] = [
-    ("demo", "panic", "{}"),
-    ("demo", "echo", r#"{"text": "direct"}"#),
-    ("rust", "echo", r#"{"text": "direct"}"#),
+/// Prompts of the streaming clients. Crashes are left to the JSON clients, so that the
+/// crashing server's restart backoff stays short.
+const SSE_PROMPTS: &[&str] = &[
+    "plain question",
+    STALL_PROMPT,
+    "cut the stream",
+    "hang the tool",
+    "drop the stream",
+    "panic the plugin",
+    "cut the tool call",
 ];
+/// Sessions with a JSON client each.
+const JSON_SESSIONS: usize = 4;
+/// Sessions with a streaming client each.
+const SSE_SESSIONS: usize = 2;
+/// Lines the flooding server writes to stderr.
+const FLOOD_LINES: usize = 100_000;
+/// Lines of stderr that `GET /extensions/{name}` keeps, `TAIL_LINES` in the daemon.
+const STDERR_TAIL_LINES: usize = 40;
+/// Maximum length in bytes of a kept stderr line: `MAX_LINE_BYTES` in the daemon plus the
+/// truncation mark.
+const MAX_STDERR_LINE: usize = 2048 + " [line truncated]".len();
 
-fn config(aimock: &Aimock) -> String {
+/// Returns the YAML of a stdio extension running `cmd` with `args`.
+fn stdio_extension(name: &str, cmd: &str, args: &[&str], timeout: u64) -> String {
+    let args = serde_json::to_string(args).expect("arguments as JSON");
+    format!(
+        "  {name}:\n    type: stdio\n    cmd: {cmd:?}\n    args: {args}\n    timeout: {timeout}\n"
+    )
+}
+
+/// Returns the YAML of the extension whose server starts a `sleep` in the background of
+/// its process group, as wrapper scripts can.
+fn wrapped_extension(timeout: u64) -> String {
+    let command = format!("sleep 1000 & exec {}", rust_server());
+    stdio_extension("wrapped", "sh", &["-c", &command], timeout)
+}
+
+/// Returns the suite's config; `with_flood` adds the server that floods stderr.
+fn config(aimock: &Aimock, with_flood: bool) -> String {
+    let server = rust_server();
+    let mut extensions = String::new();
+    for name in ["rust", "crash", "hang"] {
+        extensions.push_str(&stdio_extension(name, &server, &[], 2));
+    }
+    extensions.push_str(&wrapped_extension(30));
+    if with_flood {
+        let lines = FLOOD_LINES.to_string();
+        extensions.push_str(&stdio_extension("flood", &server, &["--flood", &lines], 2));
+    }
     format!(
         "port: 0\napi_key: {ADMIN_KEY}\nprovider: openai\nmodel: mock-model\nproviders:\n  \
          openai:\n    base_url: {}/v1\n    max_retries: 1\n    read_timeout_secs: 1\n\
-         agent:\n  max_steps: 2\n  max_tool_output_chars: 20000\nextensions:\n  rust:\n    \
-         type: stdio\n    cmd: {:?}\n    timeout: 2\n  demo:\n    type: plugin\n    \
-         path: {:?}\nlog:\n  format: json\n",
+         agent:\n  max_steps: 2\n  max_tool_output_chars: 20000\nextensions:\n{extensions}  \
+         demo:\n    type: plugin\n    path: {:?}\nlog:\n  format: json\n",
         aimock.url,
-        rust_server(),
         built_library("goose-plugin-demo"),
     )
 }
 
-/// Returns whether a turn's response is a well-formed answer or a well-formed JSON error.
-fn well_formed(status: StatusCode, body: &Value) -> bool {
-    if status == StatusCode::OK {
-        body["message"].is_string() && body["status"].is_string() && body["session_id"].is_string()
-    } else {
-        well_formed_error(body)
-    }
-}
-
-fn well_formed_error(body: &Value) -> bool {
-    body["status"] == "error" && body["message"].is_string() && body["code"].is_string()
-}
-
-/// Returns whether a direct tool call's response is a well-formed result or JSON error.
-fn well_formed_tool_result(status: StatusCode, body: &Value) -> bool {
-    if status == StatusCode::OK {
-        body["content"].is_array() && body["is_error"].is_boolean()
-    } else {
-        well_formed_error(body)
-    }
-}
-
-/// Sends a reply, and returns its status and body; a dropped connection is `None`.
-async fn reply(
-    http: &reqwest::Client,
-    url: &str,
-    id: &str,
-    prompt: &str,
-) -> Option<(StatusCode, Value)> {
-    let response = http
-        .post(url)
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({"session_id": id, "prompt": prompt}))
-        .send()
-        .await
-        .ok()?;
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Some((status, body))
-}
-
-/// Injects provider faults through aimock's control API while `running` is set.
-async fn inject_provider_faults(
-    http: reqwest::Client,
-    aimock_url: String,
-    running: Arc<AtomicBool>,
-) {
-    let mut round = 0_u32;
-    while running.load(Ordering::SeqCst) {
-        let fault = match round % 4 {
-            0 => json!({"status": 500, "body": {"message": "injected server error"}}),
-            1 => json!({"status": 429, "body": {"message": "injected rate limit"}}),
-            2 => json!({"status": 503, "body": {"message": "injected overload"}}),
-            _ => json!({"status": 500}),
-        };
-        let _ = http
-            .post(format!("{aimock_url}/__aimock/error"))
-            .json(&fault)
-            .send()
-            .await;
-        let disconnects = if round.is_multiple_of(3) { 0.3 } else { 0.0 };
-        let _ = http
-            .post(format!("{aimock_url}/__aimock/chaos"))
-            .json(&json!({"disconnectRate": disconnects}))
-            .send()
-            .await;
-        round += 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let _ = http
-        .delete(format!("{aimock_url}/__aimock/chaos"))
-        .send()
-        .await;
-}
-
-/// Counts of the responses that the clients received.
-#[derive(Debug, Default)]
-struct Tally {
-    /// Well-formed results and JSON errors other than 500.
-    answered: AtomicUsize,
-    /// Dropped connections, bodies of the wrong shape, and 500s.
-    malformed: AtomicUsize,
-}
-
-impl Tally {
-    fn record(&self, well_formed: bool, status: Option<StatusCode>) {
-        // A fault of a neighbour is a 502, 503 or 504, and a 500 is a bug of the daemon.
-        if well_formed && status != Some(StatusCode::INTERNAL_SERVER_ERROR) {
-            self.answered.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.malformed.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Runs `ROUNDS` turns in each session, one client per session, all at once.
-fn spawn_turn_clients(
-    http: &reqwest::Client,
-    url: &str,
-    ids: &[String],
-    tally: &Arc<Tally>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut clients = Vec::new();
-    for (index, id) in ids.iter().cloned().enumerate() {
-        let (http, url, tally) = (http.clone(), url.to_owned(), tally.clone());
-        clients.push(tokio::spawn(async move {
-            for round in 0..ROUNDS {
-                let prompt = PROMPTS[(index + round) % PROMPTS.len()];
-                let response = reply(&http, &url, &id, prompt).await;
-                match &response {
-                    Some((status, body)) => {
-                        eprintln!(
-                            "{prompt:?}: {status} {} {}",
-                            body["status"], body["message"]
-                        );
-                        tally.record(well_formed(*status, body), Some(*status));
-                    }
-                    None => {
-                        eprintln!("{prompt:?}: connection dropped");
-                        tally.record(false, None);
-                    }
-                }
-            }
-        }));
-    }
-    clients
-}
-
-/// Outcomes of the direct calls of the plugin's panicking tool.
-#[derive(Debug, Default)]
-struct PanicCalls {
-    /// Calls that returned a 502 JSON error naming the panic.
-    contained: usize,
-    /// Calls that returned anything else, described.
-    other: Vec<String>,
-}
-
-/// Calls tools through `POST /extensions/{name}/tools/{tool}` while `running` is set, at
-/// most `MAX_DIRECT_CALLS` times, and checks what the panicking tool returns.
-async fn direct_calls(
-    http: reqwest::Client,
-    base_url: String,
-    running: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) -> PanicCalls {
-    let mut panics = PanicCalls::default();
-    for index in 0..MAX_DIRECT_CALLS {
-        if !running.load(Ordering::SeqCst) {
-            break;
-        }
-        let (extension, tool, arguments) = DIRECT_CALLS[index % DIRECT_CALLS.len()];
-        let sent = http
-            .post(format!("{base_url}/extensions/{extension}/tools/{tool}"))
-            .header("x-api-key", ADMIN_KEY)
-            .header("content-type", "application/json")
-            .body(arguments)
-            .send()
-            .await;
-        let Ok(response) = sent else {
-            eprintln!("{extension}/{tool}: connection dropped");
-            tally.record(false, None);
-            continue;
-        };
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        tally.record(well_formed_tool_result(status, &body), Some(status));
-        if tool == "panic" {
-            let message = body["message"].as_str().unwrap_or_default();
-            if status == StatusCode::BAD_GATEWAY && message.contains("the tool panicked") {
-                panics.contained += 1;
-            } else {
-                panics.other.push(format!("{status} {body}"));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panics
-}
-
-/// Saves an invalid config, waits until the daemon reports it, and saves the valid one
-/// again.
-async fn invalid_edit_and_fix(daemon: &Daemon, config: &str) {
+/// Saves an invalid config, waits until the daemon reports it, and saves `fixed`.
+async fn invalid_edit_and_fix(daemon: &Daemon, config: &str, fixed: &str) {
     rename_save(
         &daemon.path("config.yaml"),
         &(config.to_owned() + "limits:\n  max_body_bytez: 1\n"),
     );
-    let began = std::time::Instant::now();
+    let began = Instant::now();
     while daemon.config_status().await["last_reload_error"].is_null() {
-        assert!(
-            began.elapsed() < crate::helpers::WAIT,
-            "the invalid edit was not reported"
-        );
+        assert!(began.elapsed() < WAIT, "the invalid edit was not reported");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    rename_save(&daemon.path("config.yaml"), config);
+    rename_save(&daemon.path("config.yaml"), fixed);
 }
 
-/// Returns the messages of each session, as `GET /sessions/{id}` lists them.
-async fn session_messages(daemon: &Daemon, ids: &[String]) -> Vec<Vec<Value>> {
-    let mut sessions = Vec::new();
-    for id in ids {
-        let detail: Value = daemon
-            .get(&format!("/sessions/{id}?limit=500"), ADMIN_KEY)
-            .await
-            .json()
-            .await
-            .expect("session JSON");
-        sessions.push(detail["messages"].as_array().cloned().unwrap_or_default());
+/// Waits until the flooding server has written its last line, checking meanwhile that the
+/// daemon serves `GET /health`, and checks that the stderr tail stays capped.
+async fn check_flood(daemon: &Daemon) {
+    daemon.wait_running("flood").await;
+    let started = Instant::now();
+    let status = loop {
+        let health = daemon.get("/health", ADMIN_KEY).await;
+        assert_eq!(
+            health.status(),
+            StatusCode::OK,
+            "the daemon serves during the flood"
+        );
+        let status = daemon.extension("flood").await;
+        let tail = status["stderr_tail"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if tail.last().is_some_and(|line| line == "flood done") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < EXTENSION_WAIT,
+            "the flood did not end: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tail = status["stderr_tail"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(tail.len(), STDERR_TAIL_LINES, "{status:#}");
+    for line in &tail {
+        let length = line.as_str().map_or(usize::MAX, str::len);
+        assert!(
+            length <= MAX_STDERR_LINE,
+            "stderr line of {length} bytes kept"
+        );
     }
-    sessions
+    assert_eq!(status["state"], "running", "{status:#}");
+    let flood_lines = daemon
+        .stderr_text()
+        .lines()
+        .filter(|line| line.contains("flood line"))
+        .count();
+    assert_eq!(
+        flood_lines, 0,
+        "server stderr reached the daemon's log at info"
+    );
 }
 
-/// Starts `SESSIONS` sessions, each with one plain turn, and returns their ids.
-async fn start_sessions(daemon: &Daemon) -> Vec<String> {
+/// Starts `count` sessions, each with one plain turn, and returns their ids.
+async fn start_sessions(daemon: &Daemon, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
-    for _ in 0..SESSIONS {
+    for _ in 0..count {
         let (status, body) = daemon
             .post_value(
                 "/session/start",
@@ -295,35 +215,190 @@ async fn start_sessions(daemon: &Daemon) -> Vec<String> {
     ids
 }
 
-/// Sends chat requests straight to aimock until one succeeds, which consumes the errors that
-/// the injector queued and no client used.
-async fn drain_queued_errors(http: &reqwest::Client, aimock_url: &str) {
-    let request = json!({
-        "model": "mock-model",
-        "messages": [{"role": "user", "content": "plain question"}],
-    });
-    for _ in 0..500 {
-        let response = http
-            .post(format!("{aimock_url}/v1/chat/completions"))
-            .json(&request)
-            .send()
-            .await
-            .expect("send a chat request to aimock");
-        if response.status().is_success() {
-            return;
-        }
-    }
-    panic!("aimock still returns queued errors after 500 requests");
-}
-
-/// Returns the process groups of the daemon's extension servers once the stdio server runs
-/// and every exited server is reaped.
+/// Returns the process groups of the daemon's extension servers once the servers that
+/// never crash run and every exited server is reaped.
 async fn server_groups(daemon: &Daemon) -> Vec<i32> {
-    daemon.wait_running("rust").await;
+    for name in ["rust", "hang", "wrapped"] {
+        daemon.wait_running(name).await;
+    }
     wait_no_zombies(daemon.pid()).await;
     let groups = child_groups(daemon.pid());
-    assert!(!groups.is_empty(), "the stdio server is not a child");
+    assert!(!groups.is_empty(), "the stdio servers are not children");
     groups
+}
+
+/// Returns the process group of the `wrapped` server, once it runs with its background
+/// `sleep`.
+async fn wrapped_group(daemon: &Daemon) -> i32 {
+    daemon.wait_running("wrapped").await;
+    let pid = daemon.call_text("wrapped", "pid", json!({})).await;
+    let group: i32 = pid.parse().expect("the server's pid");
+    let members = group_members(group);
+    assert!(
+        members.len() >= 2,
+        "server and sleep in group {group}: {members:?}"
+    );
+    group
+}
+
+/// Results of the fault phase that the later checks use.
+struct FaultPhase {
+    /// Responses the turn clients received.
+    observed: Observed,
+    /// Responses the direct tool calls received.
+    direct: DirectCalls,
+    /// aimock's request journal at the end of the phase.
+    journal: Vec<Value>,
+}
+
+/// Runs the turn clients in `ids`, the direct tool calls and the provider faults at once,
+/// saves an invalid config and then `fixed_config`, which adds the flooding server, and
+/// checks the flood. Returns when every client is done and the queued errors are drained.
+async fn run_faults(
+    daemon: &Daemon,
+    http: &reqwest::Client,
+    aimock: &Aimock,
+    ids: &[String],
+    initial_config: &str,
+    fixed_config: &str,
+) -> FaultPhase {
+    let (json_ids, sse_ids) = ids.split_at(JSON_SESSIONS);
+    let running = Arc::new(AtomicBool::new(true));
+    let injector = Injector::new(http.clone(), &aimock.url);
+    let injecting = tokio::spawn(provider::inject_while(injector.clone(), running.clone()));
+    let observed: SharedObserved = Arc::new(Mutex::new(Observed::default()));
+    let base_url = &daemon.base_url;
+    let mut turns =
+        clients::spawn_clients(http, base_url, json_ids, JSON_PROMPTS, false, &observed);
+    let streams = clients::spawn_clients(http, base_url, sse_ids, SSE_PROMPTS, true, &observed);
+    turns.extend(streams);
+    let direct = tokio::spawn(clients::direct_calls(
+        http.clone(),
+        base_url.clone(),
+        running.clone(),
+    ));
+    invalid_edit_and_fix(daemon, initial_config, fixed_config).await;
+    check_flood(daemon).await;
+
+    for turn in turns {
+        turn.await.expect("client task");
+    }
+    running.store(false, Ordering::SeqCst);
+    let queued = injecting.await.expect("injector task");
+    assert!(queued > 0, "no provider error was queued");
+    let journal = injector.journal().await;
+    injector.drain().await;
+    let direct = direct.await.expect("direct call task");
+    let observed = Arc::into_inner(observed)
+        .expect("every client ended")
+        .into_inner()
+        .expect("observed");
+    FaultPhase {
+        observed,
+        direct,
+        journal,
+    }
+}
+
+/// Asserts that every client got well-formed responses and no 500, that the streams and
+/// direct calls reported the faults, and that every kind of provider fault showed.
+fn assert_clients_served(daemon: &Daemon, faults: &FaultPhase) {
+    let FaultPhase {
+        observed,
+        direct,
+        journal,
+    } = faults;
+    let errors: Vec<String> = daemon
+        .stderr_text()
+        .lines()
+        .filter(|line| line.contains("\"level\":\"ERROR\"") && line.contains("request failed"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        observed.malformed,
+        Vec::<String>::new(),
+        "every turn gets an answer or a JSON error other than 500; errors:\n{}",
+        errors.join("\n")
+    );
+    let turn_count = JSON_SESSIONS * JSON_PROMPTS.len() + SSE_SESSIONS * SSE_PROMPTS.len();
+    assert_eq!(observed.answered, turn_count);
+    // Every streamed turn of a cut or stalled response fails, so error events must show.
+    assert!(
+        observed.streams_failed > 0,
+        "no stream ended with an error event; {} finished",
+        observed.streams_finished
+    );
+    assert_faults_seen(journal, observed);
+    assert_eq!(
+        direct.malformed,
+        Vec::<String>::new(),
+        "every direct tool call gets a result or a JSON error other than 500; errors:\n{}",
+        errors.join("\n")
+    );
+    assert_eq!(
+        direct.panics_other,
+        Vec::<String>::new(),
+        "a panic is a 502 error"
+    );
+    assert!(
+        direct.panics_contained > 0,
+        "the panicking tool was called directly"
+    );
+    assert_eq!(
+        direct.hangs_other,
+        Vec::<String>::new(),
+        "a hung call is a 504 error"
+    );
+    assert!(
+        direct.hangs_timed_out > 0,
+        "the hanging tool was called directly"
+    );
+}
+
+/// Asserts that every kind of provider fault reached the daemon and was retried or
+/// reported to a client.
+fn assert_faults_seen(journal: &[Value], observed: &Observed) {
+    let found = provider::evidence(journal, &observed.provider_errors, STALL_PROMPT);
+    eprintln!("provider faults: {found:#?}");
+    for fault in Fault::ALL {
+        let evidence = found[&fault];
+        assert!(
+            evidence.served > 0,
+            "aimock never served {fault:?}: {found:?}"
+        );
+        assert!(
+            evidence.retried + evidence.reported > 0,
+            "no client saw {fault:?} and the daemon never retried it: {found:?}\nerrors: {:#?}",
+            observed.provider_errors
+        );
+    }
+}
+
+/// Asserts that the agent's calls of the hanging, crashing and panicking tools are stored
+/// as failed results whose text names the cause.
+fn assert_tool_failures_stored(histories: &[Vec<Value>]) {
+    let cases = [
+        ("hang__sleep", "timed out"),
+        ("crash__crash", "extension crash is unavailable"),
+        ("demo__panic", "panicked"),
+    ];
+    for (tool, reason) in cases {
+        let results = history::tool_results(histories, tool);
+        assert!(!results.is_empty(), "no stored result of {tool}");
+        for result in &results {
+            assert!(result.is_error, "{tool} succeeded: {result:?}");
+            assert!(result.content.contains(reason), "{tool} result: {result:?}");
+        }
+    }
+}
+
+/// Asserts that the crashing server's crash shows in its status.
+async fn assert_crash_reported(daemon: &Daemon) {
+    let status = daemon.extension("crash").await;
+    let last_error = status["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("exited with status 7"), "{status:#}");
+    assert!(last_error.contains("crashing on request"), "{status:#}");
+    assert!(status["restarts"].as_u64() > Some(0), "{status:#}");
 }
 
 #[tokio::test]
@@ -332,11 +407,14 @@ async fn daemon_survives_faults_and_kill() {
     let fixtures = dir.path().join("fixtures.json");
     std::fs::write(&fixtures, FIXTURES).expect("write fixtures");
     let aimock = Aimock::start_with(&fixtures, &["--latency", "20", "--chunk-size", "8"]);
-    let config = config(&aimock);
-    let daemon = Daemon::launch(launch(&config)).await;
-    daemon.wait_running("rust").await;
-    daemon.wait_running("demo").await;
-    let ids = start_sessions(&daemon).await;
+    let initial_config = config(&aimock, false);
+    let fixed_config = config(&aimock, true);
+    let daemon = Daemon::launch(launch(&initial_config)).await;
+    for name in ["rust", "crash", "hang", "wrapped", "demo"] {
+        daemon.wait_running(name).await;
+    }
+    let ids = start_sessions(&daemon, JSON_SESSIONS + SSE_SESSIONS).await;
+    let (json_ids, sse_ids) = ids.split_at(JSON_SESSIONS);
 
     // Turns here wait for retries and tool timeouts, which on a busy machine can take longer
     // than the helper client's timeout.
@@ -344,105 +422,59 @@ async fn daemon_survives_faults_and_kill() {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("build HTTP client");
-    let running = Arc::new(AtomicBool::new(true));
-    let injector = tokio::spawn(inject_provider_faults(
-        http.clone(),
-        aimock.url.clone(),
-        running.clone(),
-    ));
-    let turns = Arc::new(Tally::default());
-    let clients = spawn_turn_clients(&http, &daemon.url("/session/reply"), &ids, &turns);
-    let tool_calls = Arc::new(Tally::default());
-    let direct = tokio::spawn(direct_calls(
-        http.clone(),
-        daemon.base_url.clone(),
-        running.clone(),
-        tool_calls.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    invalid_edit_and_fix(&daemon, &config).await;
-
-    for client in clients {
-        client.await.expect("client task");
-    }
-    running.store(false, Ordering::SeqCst);
-    injector.await.expect("injector task");
-    drain_queued_errors(&http, &aimock.url).await;
-
-    // With no errors queued, a stream that stalls longer than read_timeout_secs fails the
-    // turn with a 502 that names the timeout, after the retry stalls too.
-    let (status, body) = reply(
+    let faults = run_faults(
+        &daemon,
         &http,
-        &daemon.url("/session/reply"),
-        &ids[1],
-        "stall the provider",
+        &aimock,
+        &ids,
+        &initial_config,
+        &fixed_config,
     )
-    .await
-    .expect("reply to a stalled stream");
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(well_formed(status, &body), "{body}");
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains("timed out"), "{message}");
-    let panics = direct.await.expect("direct call task");
-    let errors: Vec<String> = daemon
-        .stderr_text()
-        .lines()
-        .filter(|line| line.contains("\"level\":\"ERROR\"") && line.contains("request failed"))
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(
-        turns.malformed.load(Ordering::SeqCst),
-        0,
-        "every turn gets an answer or a JSON error other than 500; errors:\n{}",
-        errors.join("\n")
-    );
-    assert_eq!(turns.answered.load(Ordering::SeqCst), SESSIONS * ROUNDS);
-    assert_eq!(
-        tool_calls.malformed.load(Ordering::SeqCst),
-        0,
-        "every direct tool call gets a result or a JSON error other than 500; errors:\n{}",
-        errors.join("\n")
-    );
-    assert_eq!(panics.other, Vec::<String>::new(), "a panic is a 502 error");
-    assert!(
-        panics.contained > 0,
-        "the panicking tool was called directly"
-    );
+    .await;
+    assert_clients_served(&daemon, &faults);
+    assert_crash_reported(&daemon).await;
     assert_eq!(daemon.extension("demo").await["state"], "running");
     let health = daemon.get("/health", ADMIN_KEY).await;
     assert_eq!(health.status(), StatusCode::OK, "the daemon still serves");
 
-    // Record what is committed, kill the daemon in the middle of a turn, and restart it.
+    // Kill the daemon while two turns wait for a tool, after their prompts and tool
+    // requests are stored, and restart it.
+    let base_url = daemon.base_url.clone();
+    let after_faults = history::session_messages(&daemon, &ids).await;
     let groups = server_groups(&daemon).await;
-    let committed = session_messages(&daemon, &ids).await;
-    let in_flight = tokio::spawn({
-        let (http, url, id) = (http.clone(), daemon.url("/session/reply"), ids[0].clone());
-        async move { reply(&http, &url, &id, "hang the tool").await }
+    let wrapped = wrapped_group(&daemon).await;
+    let in_flight_json = tokio::spawn({
+        let (http, base_url, id) = (http.clone(), base_url.clone(), json_ids[0].clone());
+        async move { clients::json_turn(&http, &base_url, &id, KILLED_PROMPT).await }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let in_flight_sse = tokio::spawn({
+        let (http, base_url, id) = (http.clone(), base_url.clone(), sse_ids[0].clone());
+        async move { clients::sse_turn(&http, &base_url, &id, KILLED_PROMPT).await }
+    });
+    history::wait_tool_request(&daemon, &json_ids[0], "wrapped__sleep").await;
+    history::wait_tool_request(&daemon, &sse_ids[0], "wrapped__sleep").await;
+    let before_kill = history::session_messages(&daemon, &ids).await;
     let dir = daemon.kill_keeping_dir();
-    let _ = in_flight.await;
-    // A server outlives a killed daemon only until it reads the end of its stdin.
-    // NOTE: processes that a server starts in the background of its group, as a wrapper
-    // script can, keep running after a kill -9 of the daemon; only a clean stop ends them.
-    for group in groups {
+    let _ = in_flight_json.await;
+    let _ = in_flight_sse.await;
+    // A server ends when it reads the end of its stdin, but the wrapped server's sleep
+    // stays until the restarted daemon finds it.
+    for &group in groups.iter().filter(|&&group| group != wrapped) {
         wait_group_gone(group).await;
     }
 
     let mut restarted = Daemon::launch(Launch {
         dir: Some(dir),
-        ..launch(&config)
+        ..launch(&fixed_config)
     })
     .await;
-    let after_restart = session_messages(&restarted, &ids).await;
-    for ((id, before), after) in ids.iter().zip(&committed).zip(&after_restart) {
-        assert!(after.len() >= before.len(), "session {id} lost messages");
-        assert_eq!(
-            after[..before.len()],
-            before[..],
-            "session {id} changed committed messages"
-        );
-    }
+    wait_group_gone(wrapped).await;
+    let after_restart = history::session_messages(&restarted, &ids).await;
+    history::assert_prefixes(&ids, &after_faults, &before_kill, "after the faults");
+    history::assert_prefixes(&ids, &before_kill, &after_restart, "before the kill");
+    history::assert_answers_stored(&ids, &after_restart, &faults.observed.answers);
+    history::assert_no_partial_messages(&ids, &after_restart, &NEVER_STORED, &[PLAIN_ANSWER]);
+    assert_tool_failures_stored(&after_restart);
     let store_check =
         goose_api::store::Store::open("sqlite://data/goose-api.db", restarted.dir.path())
             .await
@@ -452,16 +484,16 @@ async fn daemon_survives_faults_and_kill() {
         Vec::<String>::new()
     );
     store_check.close().await;
-    let (status, body) = reply(
+    let (status, body) = clients::json_turn(
         &restarted.http,
-        &restarted.url("/session/reply"),
+        &restarted.base_url,
         &ids[0],
         "plain question",
     )
     .await
     .expect("reply after restart");
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(well_formed(status, &body), "{body}");
+    assert!(clients::well_formed_turn(status, &body), "{body}");
 
     // A clean shutdown stops every server and leaves no process of their groups.
     let groups = server_groups(&restarted).await;
@@ -470,5 +502,46 @@ async fn daemon_survives_faults_and_kill() {
     assert!(exit.success(), "{exit}\n{}", restarted.stderr_text());
     for group in groups {
         wait_group_gone(group).await;
+    }
+}
+
+#[tokio::test]
+async fn restart_spares_live_replica_servers() {
+    let config = config_with_key(&format!("extensions:\n{}", wrapped_extension(5)));
+    let killed = Daemon::launch(launch(&config)).await;
+    let replica = Daemon::launch(launch(&config)).await;
+    let killed_group = wrapped_group(&killed).await;
+    let replica_group = wrapped_group(&replica).await;
+    let replica_members = group_members(replica_group);
+
+    let dir = killed.kill_keeping_dir();
+    let mut restarted = Daemon::launch(Launch {
+        dir: Some(dir),
+        ..launch(&config)
+    })
+    .await;
+    wait_group_gone(killed_group).await;
+    restarted.wait_running("wrapped").await;
+    assert_eq!(
+        group_members(replica_group),
+        replica_members,
+        "the restart stopped processes of a live daemon"
+    );
+    assert_eq!(
+        replica
+            .call_text("wrapped", "echo", json!({"text": "still here"}))
+            .await,
+        "still here"
+    );
+
+    let mut replica = replica;
+    for daemon in [&mut restarted, &mut replica] {
+        let groups = child_groups(daemon.pid());
+        daemon.signal(Signal::SIGTERM);
+        let exit = daemon.wait_exit().await;
+        assert!(exit.success(), "{exit}\n{}", daemon.stderr_text());
+        for group in groups {
+            wait_group_gone(group).await;
+        }
     }
 }

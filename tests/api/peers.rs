@@ -269,3 +269,21 @@ pub fn child_groups(pid: i32) -> Vec<i32> {
     groups.dedup();
     groups
 }
+
+/// Returns the live processes of group `group`, from `/proc`; zombies are left out.
+pub fn group_members(group: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let group = group.to_string();
+    let mut members: Vec<i32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let fields = stat_fields(&pid.to_string());
+            fields.first().is_some_and(|state| state != "Z") && fields.get(2) == Some(&group)
+        })
+        .collect();
+    members.sort_unstable();
+    members
+}
