@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use env::PREFIX as ENV_PREFIX;
+pub use env::SERVER_MARKERS;
 pub use keys::{Caller, KeyTable};
 pub use model::{
     Config, ExtensionConfig, ExtensionKind, KeyLimits, LogConfig, LogFormat, ProviderKind, Role,

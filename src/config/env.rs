@@ -15,6 +15,9 @@ use super::source::CONFIG_PATH_VARIABLE;
 pub const PREFIX: &str = "GOOSE_API_";
 /// Variables with this prefix belong to the test suite and never set config keys.
 const TEST_PREFIX: &str = "GOOSE_API_TEST_";
+/// Variables that a daemon sets on its stdio extension servers to mark their owner. A daemon
+/// that runs as such a server, or under one, must not read them as config keys.
+pub const SERVER_MARKERS: [&str; 2] = ["GOOSE_API_OWNER", "GOOSE_API_EXTENSION"];
 /// The original goose-api README sets `api_key` through this name.
 const API_KEY_ALIAS: &str = "GOOSE_API_KEY";
 
@@ -68,7 +71,10 @@ pub fn apply(tree: &mut Value, env: &HashMap<String, String>) -> (Origins, Vec<P
 }
 
 fn is_config_variable(name: &str) -> bool {
-    name.starts_with(PREFIX) && !name.starts_with(TEST_PREFIX) && name != CONFIG_PATH_VARIABLE
+    name.starts_with(PREFIX)
+        && !name.starts_with(TEST_PREFIX)
+        && name != CONFIG_PATH_VARIABLE
+        && !SERVER_MARKERS.contains(&name)
 }
 
 /// Maps a variable name to its key path, lower-cased.
@@ -192,11 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn config_path_and_test_variables_are_not_keys() {
+    fn config_path_test_and_marker_variables_are_not_keys() {
         let mut tree = json!({});
         let vars = env(&[
             ("GOOSE_API_CONFIG", "/x.yaml"),
             ("GOOSE_API_TEST_POSTGRES_URL", "postgres://"),
+            ("GOOSE_API_OWNER", "1:2:3:4"),
+            ("GOOSE_API_EXTENSION", "everything"),
         ]);
         apply(&mut tree, &vars);
         assert_eq!(tree, json!({}));

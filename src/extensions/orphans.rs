@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// Variable that names the daemon owning a server process, as `PID:START:PIDNS:TIMENS`:
 /// the daemon's process id, its start time in clock ticks after boot (field 22 of
 /// `/proc/PID/stat`), and the inode numbers of its PID and time namespaces.
-pub const OWNER_VAR: &str = "GOOSE_API_OWNER";
+pub const OWNER_VAR: &str = crate::config::SERVER_MARKERS[0];
 /// Variable that names the extension a server process belongs to, for the log.
-pub const EXTENSION_VAR: &str = "GOOSE_API_EXTENSION";
+pub const EXTENSION_VAR: &str = crate::config::SERVER_MARKERS[1];
 
 /// Interval between sweeps after the first, so that the orphans of a replica that died
 /// on the same host are stopped within about a minute.
