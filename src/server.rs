@@ -48,6 +48,17 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open the session store {store_url}"))?;
     let metrics = Arc::new(Metrics::new().context("while registering the metrics")?);
+    // TLS is set up before any extension server starts, so that its failure leaves none.
+    let (listener, cert_watcher) = match tls_certs(&config, &working_dir)? {
+        None => (Bound::Plain(listener), None),
+        Some(certs) => {
+            let tls_config = certs.server_config()?;
+            let watcher = tls::spawn_cert_watcher(certs, config.clone(), shutdown.child_token())?;
+            let listener = TlsListener::new(listener, tls_config, shutdown.child_token())
+                .context("while starting the TLS listener")?;
+            (Bound::Tls(listener), Some(watcher))
+        }
+    };
     let extensions = Registry::start(config.clone());
     #[cfg(target_os = "linux")]
     crate::extensions::orphans::spawn_sweeper(shutdown.child_token());
@@ -72,15 +83,9 @@ pub async fn run(
         rate_limits: Arc::default(),
     });
     let app = http::router(state);
-    let (mut server, cert_watcher) = match tls_certs(&config, &working_dir)? {
-        None => (spawn_server(listener, app, shutdown.clone()), None),
-        Some(certs) => {
-            let tls_config = certs.server_config()?;
-            let watcher = tls::spawn_cert_watcher(certs, config.clone(), shutdown.child_token())?;
-            let listener = TlsListener::new(listener, tls_config, shutdown.child_token())
-                .context("while starting the TLS listener")?;
-            (spawn_server(listener, app, shutdown.clone()), Some(watcher))
-        }
+    let mut server = match listener {
+        Bound::Plain(listener) => spawn_server(listener, app, shutdown.clone()),
+        Bound::Tls(listener) => spawn_server(listener, app, shutdown.clone()),
     };
     readiness.set_ready();
     tracing::info!("ready");
@@ -131,6 +136,12 @@ pub async fn run(
     }
     store.close().await;
     Ok(stopped)
+}
+
+/// The listener the HTTP server accepts on.
+enum Bound {
+    Plain(TcpListener),
+    Tls(TlsListener),
 }
 
 /// Loads the TLS certificate when `tls.cert_file` and `tls.key_file` are set; relative
