@@ -23,12 +23,17 @@ use super::snapshot::{ConfigHandle, ReloadOutcome};
 pub(crate) const QUIET_PERIOD: Duration = Duration::from_millis(100);
 /// A file rewritten without pause still reloads this often.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(1);
+/// Interval at which a config directory that is missing, and so cannot be watched, is
+/// looked for again.
+const MISSING_DIRECTORY_RETRY: Duration = Duration::from_secs(1);
 
 /// Event that woke the watcher loop.
 #[derive(Debug)]
 enum Trigger {
     FileEvent,
     Hangup,
+    /// Time to look for a config directory that was missing.
+    Retry,
     Shutdown,
 }
 
@@ -42,17 +47,28 @@ pub fn spawn_watcher(
     let file = handle.file();
     let watcher = match &file {
         Some(path) => {
-            let interesting = interesting_names(path);
-            let mut watcher = notify::recommended_watcher(move |event| {
-                if is_relevant(&event, &interesting) {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let interesting = interesting_names(&path);
+            let directories: BTreeSet<PathBuf> = path
+                .parent()
+                .map(|dir| dir.ancestors().map(Path::to_path_buf).collect())
+                .unwrap_or_default();
+            let watcher = notify::recommended_watcher(move |event| {
+                if is_relevant(&event, &interesting, &directories) {
                     // The receiver is gone only after shutdown, when events no longer matter.
                     let _ = events_tx.send(());
                 }
             })
             .context("while creating the config file watcher")?;
-            let mut watched = BTreeSet::new();
-            refresh_watches(&mut watcher, &mut watched, path);
-            Some((watcher, watched))
+            let mut watches = Watches {
+                watcher,
+                path,
+                directories: BTreeSet::new(),
+                complete: false,
+                reported_missing: BTreeSet::new(),
+            };
+            watches.refresh();
+            Some(watches)
         }
         None => None,
     };
@@ -69,16 +85,28 @@ struct WatchLoop {
     handle: ConfigHandle,
     events: mpsc::UnboundedReceiver<()>,
     hangups: tokio::signal::unix::Signal,
-    watcher: Option<(notify::RecommendedWatcher, BTreeSet<PathBuf>)>,
+    watcher: Option<Watches>,
 }
 
 impl WatchLoop {
     async fn run(mut self, shutdown: CancellationToken) {
         loop {
+            let incomplete = self
+                .watcher
+                .as_ref()
+                .is_some_and(|watches| !watches.complete);
+            let retry = async {
+                if incomplete {
+                    tokio::time::sleep(MISSING_DIRECTORY_RETRY).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => Trigger::Shutdown,
                 Some(()) = self.events.recv() => Trigger::FileEvent,
                 Some(()) = self.hangups.recv() => Trigger::Hangup,
+                () = retry => Trigger::Retry,
             };
             match trigger {
                 Trigger::FileEvent => {
@@ -89,6 +117,12 @@ impl WatchLoop {
                     tracing::info!("SIGHUP received; reloading the config");
                     self.reload(true).await;
                 }
+                Trigger::Retry => {
+                    // The file may have been written before its directory was watched.
+                    if self.watcher.as_mut().is_some_and(Watches::refresh) {
+                        self.reload(false).await;
+                    }
+                }
                 Trigger::Shutdown => break,
             }
         }
@@ -96,6 +130,10 @@ impl WatchLoop {
     }
 
     async fn reload(&mut self, force: bool) {
+        // Watching before the read means a write that follows the read raises an event.
+        if let Some(watches) = &mut self.watcher {
+            watches.refresh();
+        }
         let handle = self.handle.clone();
         let outcome = tokio::task::spawn_blocking(move || handle.reload(force)).await;
         match outcome {
@@ -105,8 +143,8 @@ impl WatchLoop {
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "config reload task failed"),
         }
-        if let (Some((watcher, watched)), Some(path)) = (&mut self.watcher, self.handle.file()) {
-            refresh_watches(watcher, watched, &path);
+        if let Some(watches) = &mut self.watcher {
+            watches.refresh();
         }
     }
 }
@@ -139,9 +177,13 @@ fn interesting_names(path: &Path) -> BTreeSet<std::ffi::OsString> {
     names
 }
 
+/// Returns whether `event` can change what the config path reads: an event on one of the
+/// `interesting` names, on a Kubernetes `..` entry, or on one of the config path's
+/// `directories` itself, such as its removal.
 fn is_relevant(
     event: &notify::Result<notify::Event>,
     interesting: &BTreeSet<std::ffi::OsString>,
+    directories: &BTreeSet<PathBuf>,
 ) -> bool {
     let Ok(event) = event else {
         // An error such as a queue overflow may hide a change, so reload to be safe.
@@ -152,43 +194,84 @@ fn is_relevant(
     }
     event.paths.is_empty()
         || event.paths.iter().any(|path| {
-            path.file_name().is_some_and(|name| {
-                interesting.contains(name) || name.to_string_lossy().starts_with("..")
-            })
+            directories.contains(path)
+                || path.file_name().is_some_and(|name| {
+                    interesting.contains(name) || name.to_string_lossy().starts_with("..")
+                })
         })
 }
 
-/// Watches the directory of `path` and of the file it resolves to, which changes when a
-/// Kubernetes `..data` swap points the path into a new directory.
-fn refresh_watches(
-    watcher: &mut notify::RecommendedWatcher,
-    watched: &mut BTreeSet<PathBuf>,
-    path: &Path,
-) {
-    let mut wanted = BTreeSet::new();
-    wanted.extend(path.parent().map(directory_or_current));
-    if let Ok(target) = std::fs::canonicalize(path) {
-        wanted.extend(target.parent().map(Path::to_path_buf));
-    }
-    for gone in watched.difference(&wanted) {
-        // The directory may already be deleted, which removed the watch with it.
-        let _ = watcher.unwatch(gone);
-    }
-    watched.retain(|dir| wanted.contains(dir));
-    for dir in wanted {
-        if watched.contains(&dir) {
-            continue;
+/// The watches on the directories of the config path.
+struct Watches {
+    watcher: notify::RecommendedWatcher,
+    /// The config path, absolute.
+    path: PathBuf,
+    /// Directories being watched.
+    directories: BTreeSet<PathBuf>,
+    /// Whether every directory that should be watched is, which fails while one is missing.
+    complete: bool,
+    /// Directories already logged as missing, so a long absence is logged once.
+    reported_missing: BTreeSet<PathBuf>,
+}
+
+impl Watches {
+    /// Watches the directory of the config path and of the file it resolves to, which
+    /// changes when a Kubernetes `..data` swap points the path into a new directory.
+    /// Returns whether a directory that was not watched before now is.
+    fn refresh(&mut self) -> bool {
+        let mut wanted = BTreeSet::new();
+        wanted.extend(self.path.parent().map(directory_or_current));
+        if let Ok(target) = std::fs::canonicalize(&self.path) {
+            wanted.extend(target.parent().map(Path::to_path_buf));
         }
-        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                tracing::debug!(path = %dir.display(), "watching config directory");
-                watched.insert(dir);
+        for gone in self.directories.difference(&wanted) {
+            // The directory may already be deleted, which removed the watch with it.
+            let _ = self.watcher.unwatch(gone);
+        }
+        self.directories.retain(|dir| wanted.contains(dir));
+        let mut started = false;
+        self.complete = true;
+        for dir in wanted {
+            // Added again each time: a directory removed and made again lost its watch,
+            // even when the new one reuses the inode number, and adding a watch that
+            // exists changes nothing.
+            if self.watch(&dir) {
+                started |= self.directories.insert(dir);
+            } else {
+                self.directories.remove(&dir);
+                self.complete = false;
             }
-            Err(error) => tracing::error!(
-                path = %dir.display(),
-                %error,
-                "cannot watch the config directory; edits will apply only on SIGHUP"
-            ),
+        }
+        started
+    }
+
+    fn watch(&mut self, dir: &Path) -> bool {
+        if !dir.is_dir() {
+            if self.reported_missing.insert(dir.to_path_buf()) {
+                tracing::warn!(
+                    path = %dir.display(),
+                    "config directory is missing; edits apply once it exists again"
+                );
+            }
+            return false;
+        }
+        match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                if self.reported_missing.remove(dir) || !self.directories.contains(dir) {
+                    tracing::debug!(path = %dir.display(), "watching config directory");
+                }
+                true
+            }
+            Err(error) => {
+                if self.reported_missing.insert(dir.to_path_buf()) {
+                    tracing::error!(
+                        path = %dir.display(),
+                        %error,
+                        "cannot watch the config directory; retrying every second, and SIGHUP reloads"
+                    );
+                }
+                false
+            }
         }
     }
 }

@@ -219,3 +219,43 @@ async fn removing_every_key_is_rejected() {
     }
     assert_eq!(daemon.model().await, "first");
 }
+
+#[tokio::test]
+async fn recreated_config_directory_reloads() {
+    let launch = Launch {
+        files: vec![("conf/config.yaml".to_owned(), with_model("first"))],
+        config_arg: Some("conf/config.yaml".to_owned()),
+        ..Launch::default()
+    };
+    let daemon = Daemon::launch(launch).await;
+    let dir = daemon.path("conf");
+
+    // Deleted and made again, as `rm -rf` and a provisioning tool do.
+    std::fs::remove_dir_all(&dir).expect("remove the config directory");
+    std::fs::create_dir(&dir).expect("create the config directory again");
+    std::fs::write(dir.join("config.yaml"), with_model("second")).expect("write");
+    daemon.wait_for_model("second").await;
+    rename_save(&dir.join("config.yaml"), &with_model("third"));
+    daemon.wait_for_model("third").await;
+
+    // Moved aside and replaced by a new directory.
+    std::fs::rename(&dir, daemon.path("conf.old")).expect("move the config directory");
+    std::fs::create_dir(&dir).expect("create a new config directory");
+    std::fs::write(dir.join("config.yaml"), with_model("fourth")).expect("write");
+    daemon.wait_for_model("fourth").await;
+    std::fs::write(dir.join("config.yaml"), with_model("fifth")).expect("write in place");
+    daemon.wait_for_model("fifth").await;
+
+    // Missing long enough for the failed reload to show, then back.
+    std::fs::remove_dir_all(&dir).expect("remove the config directory");
+    let started = Instant::now();
+    while daemon.config_status().await["last_reload_error"].is_null() {
+        assert!(started.elapsed() < WAIT, "the removal was not reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::create_dir(&dir).expect("create the config directory again");
+    std::fs::write(dir.join("config.yaml"), with_model("sixth")).expect("write");
+    daemon.wait_for_model("sixth").await;
+    let status = daemon.config_status().await;
+    assert!(status["last_reload_error"].is_null(), "{status}");
+}
