@@ -119,12 +119,12 @@ pub fn generate_key() -> Secret {
     Secret::new(hex::encode(bytes))
 }
 
-fn sha256(text: &str) -> [u8; 32] {
+pub(super) fn sha256(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
 /// Decodes a digest that validation already checked to be 64 hex digits.
-fn decode_digest(hex_digest: &str) -> [u8; 32] {
+pub(super) fn decode_digest(hex_digest: &str) -> [u8; 32] {
     let mut digest = [0_u8; 32];
     // A malformed digest stays all zeros, which no key hashes to in practice.
     let _ = hex::decode_to_slice(hex_digest, &mut digest);

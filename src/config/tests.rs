@@ -260,3 +260,28 @@ fn unparsable_file_comes_with_variable_problems() {
     assert!(text.contains("cannot parse the config file"), "{text}");
     assert!(text.contains("empty key segment"), "{text}");
 }
+
+#[test]
+fn shared_key_value_is_rejected() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bob_digest = hex::encode(keys::sha256("bob-key-0123456789"));
+    let text = format!(
+        "api_key: admin-key-0123456789\napi_keys:\n  \
+         - {{name: alice, key: admin-key-0123456789, role: user}}\n  \
+         - {{name: bob, key: bob-key-0123456789, role: user}}\n  \
+         - {{name: carol, key_sha256: {bob_digest}, role: admin}}\n"
+    );
+    std::fs::write(dir.path().join("config.yaml"), text).expect("write config");
+    let error = load(&sources_in(dir.path(), &[])).expect_err("two problems");
+    let message = error.to_string();
+    assert_eq!(error.problems.len(), 2, "{message}");
+    assert!(
+        message.contains(r#"key "alice" has the same key as "default""#),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#"key "carol" has the same key as "bob""#),
+        "{message}"
+    );
+    assert!(!message.contains("admin-key-0123456789"), "{message}");
+}

@@ -85,11 +85,34 @@ fn validate_keys(config: &Config, problems: &mut Vec<Problem>) {
         check_key_length("api_key", key.expose(), problems);
     }
     let mut names = BTreeSet::new();
-    if config.api_key.is_some() {
+    // Key digests and the names they belong to, so that no two names share a key.
+    let mut digests = BTreeMap::new();
+    if let Some(key) = &config.api_key {
         names.insert(super::keys::SINGLE_KEY_NAME.to_owned());
+        digests.insert(
+            super::keys::sha256(key.expose()),
+            super::keys::SINGLE_KEY_NAME,
+        );
     }
     for (index, entry) in config.api_keys.iter().enumerate() {
         let at = format!("api_keys[{index}]");
+        let digest = match (&entry.key, &entry.key_sha256) {
+            (Some(key), None) => Some(super::keys::sha256(key.expose())),
+            (None, Some(digest)) => Some(super::keys::decode_digest(digest.expose())),
+            _ => None,
+        };
+        if let Some(digest) = digest
+            && let Some(other) = digests.insert(digest, entry.name.as_str())
+        {
+            problems.push(Problem::new(
+                at.clone(),
+                format!(
+                    "key {:?} has the same key as {other:?}, so requests could not tell them \
+                     apart; give each name its own key",
+                    entry.name
+                ),
+            ));
+        }
         if entry.name.trim().is_empty() {
             problems.push(Problem::new(format!("{at}.name"), "must not be empty"));
         } else if !names.insert(entry.name.clone()) {
