@@ -194,6 +194,14 @@ fn with_origins(
             Some((_, variable)) => Some(format!("environment variable {variable}")),
             None => Some(file.unwrap_or("built-in defaults").to_owned()),
         };
+        let wants_json = ["expected a sequence", "expected a map", "expected struct"]
+            .iter()
+            .any(|expected| problem.message.contains(expected));
+        if from_env.is_some() && problem.message.contains("invalid type: string") && wants_json {
+            problem
+                .message
+                .push_str("; a list or mapping in an environment variable must be valid JSON");
+        }
     }
     problems
 }

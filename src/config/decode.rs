@@ -74,13 +74,54 @@ fn decode_into<T: DeserializeOwned>(key: &str, value: Value, slot: &mut T) -> Ve
         Ok(decoded) => *slot = decoded,
         Err(error) => {
             let path = join_path(key, &error.path().to_string());
-            problems.push(Problem::new(path, error.into_inner().to_string()));
+            let mut message = error.into_inner().to_string();
+            if may_hold_secret(&path) {
+                message = without_value(&message);
+            }
+            problems.push(Problem::new(path, message));
         }
     }
     for path in unknown {
         problems.push(Problem::new(path, "unknown key; check its spelling"));
     }
     problems
+}
+
+/// Key names whose values may be or contain credentials: keys, headers, child environments
+/// and URLs, which can carry a password or a token.
+const SECRET_SEGMENTS: [&str; 8] = [
+    "api_key",
+    "api_keys",
+    "key",
+    "key_sha256",
+    "headers",
+    "envs",
+    "url",
+    "base_url",
+];
+
+fn may_hold_secret(path: &str) -> bool {
+    path.split(['.', '[', ']'])
+        .any(|segment| SECRET_SEGMENTS.contains(&segment))
+}
+
+/// Removes the value from serde's "invalid type: string \"...\", expected ..." and
+/// "invalid value: ..." messages, keeping its kind.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((unexpected, expected)) = rest.rsplit_once(", expected ") else {
+            continue;
+        };
+        let kind = unexpected
+            .split_once(['"', '`'])
+            .map_or(unexpected, |(kind, _)| kind)
+            .trim();
+        return format!("{prefix}{kind}, expected {expected}");
+    }
+    message.to_owned()
 }
 
 /// Like [`decode_into`] for numbers and booleans that may arrive as strings.
@@ -142,6 +183,28 @@ mod tests {
         );
         assert!(keys.contains(&"api_keys[0].role".to_owned()), "{keys:?}");
         assert_eq!(keys.len(), 5, "{keys:?}");
+    }
+
+    #[test]
+    fn secret_values_stay_out_of_messages() {
+        let (_, problems) = decode(json!({
+            "api_key": 12345678901234567890_u64,
+            "api_keys": "[{\"name\": \"a\", \"key\": \"SECRET-0123456789abcdef\"",
+            "extensions": {"x": {"type": "sse", "uri": "http://h", "headers": "Bearer SECRET-2"}},
+            "port": "eighty",
+        }));
+        let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let text = messages.join("\n");
+        assert_eq!(problems.len(), 4, "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(!text.contains("12345678901234567890"), "{text}");
+        assert!(text.contains("invalid type: integer, expected"), "{text}");
+        assert!(
+            text.contains("invalid type: string, expected a sequence"),
+            "{text}"
+        );
+        // A value that cannot be a secret is still shown.
+        assert!(text.contains("eighty"), "{text}");
     }
 
     #[test]

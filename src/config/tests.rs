@@ -285,3 +285,18 @@ fn shared_key_value_is_rejected() {
     );
     assert!(!message.contains("admin-key-0123456789"), "{message}");
 }
+
+#[test]
+fn malformed_json_variable_names_json() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let value = r#"[{"name": "a", "key": "ENVSECRET-0123456789abcdef", "role": "admin""#;
+    let sources = sources_in(dir.path(), &[("GOOSE_API_API_KEYS", value)]);
+    let error = load(&sources).expect_err("malformed JSON");
+    let text = error.to_string();
+    assert!(
+        text.contains("environment variable GOOSE_API_API_KEYS"),
+        "{text}"
+    );
+    assert!(text.contains("must be valid JSON"), "{text}");
+    assert!(!text.contains("ENVSECRET"), "{text}");
+}
