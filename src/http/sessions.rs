@@ -34,13 +34,16 @@ pub struct StartRequest {
     /// Added to the system prompt for this session.
     #[serde(default)]
     pub instructions: Option<String>,
-    /// Model for this session instead of the configured one.
+    /// Model for this session instead of the configured one, at most 256 characters and not
+    /// only whitespace.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     pub model: Option<String>,
     /// Extensions this session may use; all running ones when absent.
     #[serde(default)]
     pub extensions: Option<Vec<String>>,
-    /// Tool choice for this turn: `auto`, `none`, `required` or `{"tool": "ext__tool"}`.
+    /// Tool choice for this turn: `auto`, `none`, `required` or `{"tool": "ext__tool"}`. A
+    /// named tool must be one that the session may use, as `GET /extensions` lists them.
     #[serde(default)]
     pub tool_choice: Option<ToolChoice>,
 }
@@ -128,7 +131,10 @@ impl From<SessionError> for ApiError {
 /// Starts a session with a prompt and returns the agent's answer.
 #[utoipa::path(post, path = "/session/start", tag = "sessions",
     security(("api_key" = []), ("bearer" = [])), request_body = StartRequest,
-    responses((status = 200, body = TurnResponse), (status = 422, body = ErrorBody),
+    responses((status = 200, body = TurnResponse),
+              (status = 422, description = "A value is invalid, such as an empty or too long \
+               model, an unknown extension, or a tool_choice naming a tool the session may \
+               not use", body = ErrorBody),
               (status = 502, description = "The provider failed", body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
@@ -153,7 +159,9 @@ pub async fn start(
 #[utoipa::path(post, path = "/session/reply", tag = "sessions",
     security(("api_key" = []), ("bearer" = [])), request_body = ReplyRequest,
     responses((status = 200, body = TurnResponse), (status = 404, body = ErrorBody),
-              (status = 409, description = "A turn is already running", body = ErrorBody)))]
+              (status = 409, description = "A turn is already running", body = ErrorBody),
+              (status = 422, description = "A value is invalid, such as a tool_choice naming \
+               a tool the session may not use", body = ErrorBody)))]
 pub async fn reply(
     State(state): State<AppState>,
     caller: Caller,
@@ -424,7 +432,9 @@ pub async fn cancel(
 #[utoipa::path(post, path = "/sessions/{id}/reply", tag = "sessions", params(SessionId),
     security(("api_key" = []), ("bearer" = [])), request_body = SessionReplyRequest,
     responses((status = 200, description = "JSON answer, or an event stream", body = TurnResponse),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, description = "A value is invalid, such as a tool_choice naming \
+               a tool the session may not use", body = ErrorBody)))]
 pub async fn session_reply(
     State(state): State<AppState>,
     caller: Caller,

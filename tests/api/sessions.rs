@@ -833,3 +833,37 @@ async fn idle_session_is_released_and_reloaded() {
         "history was loaded back"
     );
 }
+
+#[tokio::test]
+async fn invalid_model_is_rejected() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let long = "m".repeat(257);
+    for (model, expected) in [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        (long.as_str(), "257 characters"),
+    ] {
+        let body = json!({"prompt": "hello there", "model": model});
+        let (status, error) = post(&daemon, "/session/start", ALICE_KEY, body).await;
+        let label = format!("model of {} characters", model.len());
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{label}: {error}");
+        assert_eq!(error["code"], "invalid_request", "{label}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{label}: {message}");
+    }
+    let (_, listed) = get_json(&daemon, "/sessions", ALICE_KEY).await;
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(0),
+        "no session stored: {listed}"
+    );
+
+    let body = json!({"prompt": "hello there", "model": "m".repeat(256)});
+    let (status, started) = post(&daemon, "/session/start", ALICE_KEY, body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "256 characters are allowed: {started}"
+    );
+}
