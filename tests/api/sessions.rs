@@ -994,3 +994,14 @@ async fn last_event_id_past_running_turn_gets_409() {
     assert!(message.contains("Last-Event-ID 1000"), "{message}");
     assert!(message.contains("running turn"), "{message}");
 }
+
+#[tokio::test]
+async fn computing_turn_times_out_with_503() {
+    let (aimock, _fixtures) = provider(true);
+    let limits = "limits:\n  request_timeout_secs: 1\n";
+    let daemon = Daemon::start(&config(&aimock, limits)).await;
+    let body = json!({"prompt": "slow please"});
+    let (status, error) = post(&daemon, "/session/start", ALICE_KEY, body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["code"], "timeout");
+}
