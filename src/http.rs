@@ -8,6 +8,7 @@ mod openapi;
 pub mod rate_limit;
 mod routes;
 mod sessions;
+mod watched_body;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -20,6 +20,9 @@ pub use events::{EventLog, StreamEvent};
 
 /// Maximum session title length, in characters, taken from the first prompt.
 const TITLE_CHARS: usize = 80;
+/// Maximum length of a session's `model`, in characters. Provider model names are far
+/// shorter, so the cap only keeps a mistaken value out of the store and later requests.
+const MAX_MODEL_CHARS: usize = 256;
 
 /// A session operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +176,13 @@ impl SessionManager {
         options: TurnOptions,
     ) -> Result<TurnTicket, SessionError> {
         validate_prompt(&prompt)?;
+        if let Some(model) = &options.model {
+            validate_model(model)?;
+        }
         if let Some(names) = &options.extensions {
             self.check_extensions(names)?;
         }
+        self.check_tool_choice(options.tool_choice.as_ref(), options.extensions.as_deref())?;
         let permit = self.turn_permit(caller, &snapshot)?;
         let record = self
             .store
@@ -223,6 +230,8 @@ impl SessionManager {
             }
         };
         let live = self.live_session(caller, &id, false).await?;
+        let extensions = live.record().extensions;
+        self.check_tool_choice(tool_choice.as_ref(), extensions.as_deref())?;
         let permit = self.turn_permit(caller, &snapshot)?;
         self.begin_turn(live, snapshot, prompt, tool_choice, permit)
             .await
@@ -422,6 +431,33 @@ impl SessionManager {
         }
     }
 
+    /// Rejects a `tool_choice` that names a tool the session may not use: one that no
+    /// running extension offers, that `available_tools` hides, or whose extension is not
+    /// among the session's `extensions`.
+    fn check_tool_choice(
+        &self,
+        choice: Option<&ToolChoice>,
+        extensions: Option<&[String]>,
+    ) -> Result<(), SessionError> {
+        let Some(ToolChoice::Tool(name)) = choice else {
+            return Ok(());
+        };
+        let offered = self
+            .tools
+            .tools()
+            .into_iter()
+            .filter(|tool| extensions.is_none_or(|names| names.contains(&tool.extension)))
+            .any(|tool| tool.qualified_name() == *name);
+        if offered {
+            return Ok(());
+        }
+        Err(SessionError::Invalid(format!(
+            "tool_choice names tool {name:?}, which this session may not use; GET /extensions \
+             lists the tools of each running extension, named extension__tool, and a session \
+             started with extensions may use only theirs"
+        )))
+    }
+
     /// Returns the session if the caller owns it, or may read it as an admin.
     async fn owned_record(
         &self,
@@ -564,6 +600,22 @@ impl SessionManager {
         *lock(&live.record) = stored;
         Ok(())
     }
+}
+
+fn validate_model(model: &str) -> Result<(), SessionError> {
+    if model.trim().is_empty() {
+        return Err(SessionError::Invalid(
+            "model must not be empty; omit the model field to use the configured model".to_owned(),
+        ));
+    }
+    let length = model.chars().count();
+    if length > MAX_MODEL_CHARS {
+        return Err(SessionError::Invalid(format!(
+            "model is {length} characters long, over the maximum of {MAX_MODEL_CHARS}; send \
+             the provider's model name, or omit the field to use the configured model"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_prompt(prompt: &str) -> Result<(), SessionError> {

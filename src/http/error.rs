@@ -91,7 +91,17 @@ pub enum ApiError {
     /// 504: an upstream server, such as an MCP server, did not answer in time.
     #[error("{0}")]
     GatewayTimeout(String),
-    /// 503: the handler did not finish within `limits.request_timeout_secs`.
+    /// 408: the request body was still incomplete when `limits.request_timeout_secs` passed.
+    #[error(
+        "request body was incomplete when the timeout of {secs} s passed; send the whole body \
+         without pauses, or raise limits.request_timeout_secs for slow clients"
+    )]
+    BodyTimeout {
+        /// The limit in seconds.
+        secs: u64,
+    },
+    /// 503: the handler, with the whole body read, did not respond within
+    /// `limits.request_timeout_secs`.
     #[error(
         "request timed out after {secs} s; retry, or raise limits.request_timeout_secs for \
          long turns"
@@ -116,6 +126,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -136,6 +147,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",

@@ -10,6 +10,7 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use super::AppState;
 use super::error::{ApiError, InternalCause};
 use super::extract::RequestContext;
 use super::rate_limit;
+use super::watched_body::WatchedBody;
 use crate::config::Role;
 use crate::limits::RateDecision;
 use crate::metrics::Metrics;
@@ -279,9 +281,10 @@ impl<S> Layer<S> for GuardLayer {
 /// Rejects a request without a valid key with 401, counts it against its key's request
 /// rate (429 over it), rejects a user key on an admin route with 403, and attaches the
 /// [`crate::config::Caller`]. On timed routes a declared body over
-/// `limits.max_body_bytes` fails at once with 413, reading past it fails too, and a handler
-/// without a response head within `limits.request_timeout_secs` fails with 503; a streaming
-/// body is not cut off. All of this runs before the body is read.
+/// `limits.max_body_bytes` fails at once with 413, reading past it fails too, and a request
+/// without a response head within `limits.request_timeout_secs` fails: with 408 while the
+/// request body is still incomplete, else with 503. A streaming response body is not cut
+/// off. All of this runs before the body is read.
 #[derive(Debug, Clone)]
 pub struct Guard<S> {
     inner: S,
@@ -343,8 +346,12 @@ where
         context.caller = Some(caller);
         let (body, deadline) = if self.access.timed {
             let capped = usize::try_from(body_limit).unwrap_or(usize::MAX);
-            let sleep = tokio::time::sleep(Duration::from_secs(timeout_secs));
-            (Body::new(Limited::new(body, capped)), Some(Box::pin(sleep)))
+            let (body, body_ended) = WatchedBody::new(Limited::new(body, capped));
+            let deadline = Deadline {
+                sleep: Box::pin(tokio::time::sleep(Duration::from_secs(timeout_secs))),
+                body_ended,
+            };
+            (Body::new(body), Some(deadline))
         } else {
             (body, None)
         };
@@ -354,6 +361,27 @@ where
             timeout_secs,
             rate,
         }
+    }
+}
+
+/// The request timeout of a timed route.
+#[derive(Debug)]
+pub struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Whether reading the request body has ended, which distinguishes 408 from 503.
+    body_ended: Arc<AtomicBool>,
+}
+
+impl Deadline {
+    /// Returns the timeout error once the deadline has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>, secs: u64) -> Option<ApiError> {
+        self.sleep.as_mut().poll(cx).is_ready().then(|| {
+            if self.body_ended.load(Ordering::Acquire) {
+                ApiError::Timeout { secs }
+            } else {
+                ApiError::BodyTimeout { secs }
+            }
+        })
     }
 }
 
@@ -367,7 +395,7 @@ pin_project! {
         Running {
             #[pin]
             future: F,
-            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+            deadline: Option<Deadline>,
             timeout_secs: u64,
             rate: Option<RateDecision>,
         },
@@ -401,14 +429,11 @@ where
             } => {
                 let mut response = if let Poll::Ready(Ok(response)) = future.poll(cx) {
                     response
-                } else if deadline
+                } else if let Some(error) = deadline
                     .as_mut()
-                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+                    .and_then(|deadline| deadline.poll_expired(cx, *timeout_secs))
                 {
-                    ApiError::Timeout {
-                        secs: *timeout_secs,
-                    }
-                    .into_response()
+                    error.into_response()
                 } else {
                     return Poll::Pending;
                 };

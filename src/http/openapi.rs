@@ -112,7 +112,16 @@ fn add_edge_responses(path: &str, operation: &mut Operation) {
         edge.push(("422", "The body does not have the documented shape"));
     }
     if !IN_MEMORY_PATHS.contains(&path) {
-        edge.push(("503", "No response within limits.request_timeout_secs"));
+        if has_body {
+            edge.push((
+                "408",
+                "The body was incomplete when limits.request_timeout_secs passed",
+            ));
+        }
+        edge.push((
+            "503",
+            "The handler did not respond within limits.request_timeout_secs",
+        ));
     }
     edge.push((
         "500",
@@ -161,7 +170,7 @@ mod tests {
     fn turn_documents_edge_errors() {
         let start = statuses(&operation("/session/start", "post"));
         for status in [
-            "200", "400", "401", "413", "415", "422", "429", "500", "503",
+            "200", "400", "401", "408", "413", "415", "422", "429", "500", "503",
         ] {
             assert!(start.contains(&status.to_owned()), "{status} in {start:?}");
         }

@@ -17,8 +17,11 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, CurrentConfig};
 use crate::agent::{ProviderError, ToolChoice, TurnEnd};
 use crate::config::Caller;
-use crate::sessions::{SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
+use crate::sessions::{EventLog, SessionError, StreamEvent, TurnOptions, TurnReport, TurnTicket};
 use crate::store::{KeyUsage, MessageRecord, SessionRecord, StoreError};
+
+/// Header with which a reconnecting SSE client names the last event it received.
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Default and maximum page sizes of the listing routes.
 const DEFAULT_PAGE: i64 = 50;
@@ -34,13 +37,16 @@ pub struct StartRequest {
     /// Added to the system prompt for this session.
     #[serde(default)]
     pub instructions: Option<String>,
-    /// Model for this session instead of the configured one.
+    /// Model for this session instead of the configured one, at most 256 characters and not
+    /// only whitespace.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     pub model: Option<String>,
     /// Extensions this session may use; all running ones when absent.
     #[serde(default)]
     pub extensions: Option<Vec<String>>,
-    /// Tool choice for this turn: `auto`, `none`, `required` or `{"tool": "ext__tool"}`.
+    /// Tool choice for this turn: `auto`, `none`, `required` or `{"tool": "ext__tool"}`. A
+    /// named tool must be one that the session may use, as `GET /extensions` lists them.
     #[serde(default)]
     pub tool_choice: Option<ToolChoice>,
 }
@@ -128,7 +134,10 @@ impl From<SessionError> for ApiError {
 /// Starts a session with a prompt and returns the agent's answer.
 #[utoipa::path(post, path = "/session/start", tag = "sessions",
     security(("api_key" = []), ("bearer" = [])), request_body = StartRequest,
-    responses((status = 200, body = TurnResponse), (status = 422, body = ErrorBody),
+    responses((status = 200, body = TurnResponse),
+              (status = 422, description = "A value is invalid, such as an empty or too long \
+               model, an unknown extension, or a tool_choice naming a tool the session may \
+               not use", body = ErrorBody),
               (status = 502, description = "The provider failed", body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
@@ -153,7 +162,9 @@ pub async fn start(
 #[utoipa::path(post, path = "/session/reply", tag = "sessions",
     security(("api_key" = []), ("bearer" = [])), request_body = ReplyRequest,
     responses((status = 200, body = TurnResponse), (status = 404, body = ErrorBody),
-              (status = 409, description = "A turn is already running", body = ErrorBody)))]
+              (status = 409, description = "A turn is already running", body = ErrorBody),
+              (status = 422, description = "A value is invalid, such as a tool_choice naming \
+               a tool the session may not use", body = ErrorBody)))]
 pub async fn reply(
     State(state): State<AppState>,
     caller: Caller,
@@ -419,12 +430,26 @@ pub async fn cancel(
     }))
 }
 
-/// Runs a turn. With `Accept: text/event-stream` the turn streams as server-sent events; a
-/// request with `Last-Event-ID` resumes the buffered turn instead of starting one.
-#[utoipa::path(post, path = "/sessions/{id}/reply", tag = "sessions", params(SessionId),
+/// Runs a turn. With `Accept: text/event-stream` the turn streams as server-sent events.
+///
+/// A streaming request with `Last-Event-ID` resumes the session's running or last turn after
+/// that event instead of starting a turn, and starts one only when no turn is buffered. An
+/// id past the end of a finished turn replays its final `finish` or `error` event, so an
+/// `EventSource` client ends as it would have without the gap. An id past the last event of
+/// a running turn gets 409 with the last id sent.
+#[utoipa::path(post, path = "/sessions/{id}/reply", tag = "sessions",
+    params(SessionId,
+           ("Last-Event-ID" = Option<String>, Header, description = "ID of the last event \
+            received, a whole number from 0 to 18446744073709551615, to resume a stream")),
     security(("api_key" = []), ("bearer" = [])), request_body = SessionReplyRequest,
     responses((status = 200, description = "JSON answer, or an event stream", body = TurnResponse),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 400, description = "Invalid JSON body, path parameter or \
+               Last-Event-ID header", body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "A turn is already running, the session has ended, \
+               or Last-Event-ID is past the last event of the running turn", body = ErrorBody),
+              (status = 422, description = "A value is invalid, such as a tool_choice naming \
+               a tool the session may not use", body = ErrorBody)))]
 pub async fn session_reply(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,14 +462,12 @@ pub async fn session_reply(
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.contains("text/event-stream"));
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok());
+    let last_event_id = last_event_id(&headers)?;
     let heartbeat = Duration::from_secs(snapshot.config.sessions.sse_heartbeat_secs);
     if let (true, Some(after)) = (streaming, last_event_id)
         && let Some(log) = state.sessions.resume(&caller, &id).await?
     {
+        let after = resume_point(&id, &log, after)?;
         return Ok(event_stream(log.follow(after), heartbeat));
     }
     let ticket = state
@@ -462,6 +485,38 @@ pub async fn session_reply(
         Ok(event_stream(log.follow(0), heartbeat))
     } else {
         Ok(answer(ticket).await?.into_response())
+    }
+}
+
+/// Parses the `Last-Event-ID` header, which is absent or the id of an event.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(LAST_EVENT_ID) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    text.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid Last-Event-ID header {text:?}; send the id of the last event received, a \
+             whole number from 0 to {}, or omit the header to start a turn",
+            u64::MAX
+        ))
+    })
+}
+
+/// Returns the id after which a stream of `log` resumes for a client that last received
+/// event `after`.
+fn resume_point(id: &str, log: &EventLog, after: u64) -> Result<u64, ApiError> {
+    let (last, finished) = log.progress();
+    if after <= last {
+        Ok(after)
+    } else if finished {
+        // The final event of a finished log is its `finish` or `error` event.
+        Ok(last.saturating_sub(1))
+    } else {
+        Err(ApiError::Conflict(format!(
+            "Last-Event-ID {after} is past the last event of the running turn of session {id}, \
+             which is {last}; resume with an id from 0 to {last}"
+        )))
     }
 }
 

@@ -57,6 +57,13 @@ impl EventLog {
         self.progress.borrow().1
     }
 
+    /// Returns the id of the last event so far, 0 before the first, and whether the turn
+    /// has ended.
+    pub fn progress(&self) -> (u64, bool) {
+        let (count, finished) = *self.progress.borrow();
+        (count as u64, finished)
+    }
+
     /// Returns the events so far.
     pub fn snapshot(&self) -> Vec<StreamEvent> {
         self.events

@@ -154,6 +154,77 @@ async fn session_limited_to_other_extensions_cannot_call_tool() {
 }
 
 #[tokio::test]
+async fn tool_choice_outside_session_tools_is_rejected() {
+    let (aimock, _fixtures) = start_aimock();
+    let limited = config(&aimock, "mock-model")
+        .replace("    cmd: ", "    available_tools: [echo, pid]\n    cmd: ");
+    let daemon = Daemon::launch(launch(&limited)).await;
+    daemon.wait_running("rust").await;
+
+    let offered = json!({"prompt": "hello", "tool_choice": {"tool": "rust__echo"}});
+    let (status, answer) = post(&daemon, "/session/start", offered).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an offered tool is accepted: {answer}"
+    );
+    let id = answer["session_id"].as_str().unwrap_or_default().to_owned();
+
+    let start_cases = [
+        ("nope__x", json!(null)),
+        ("rust__crash", json!(null)),
+        ("rust__echo", json!([])),
+    ];
+    for (tool, extensions) in start_cases {
+        let mut body = json!({"prompt": "hello", "tool_choice": {"tool": tool}});
+        if !extensions.is_null() {
+            body["extensions"] = extensions.clone();
+        }
+        let label = format!("start with {tool} and extensions {extensions}");
+        let (status, error) = post(&daemon, "/session/start", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{label}: {error}");
+        assert_eq!(error["code"], "invalid_request", "{label}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(tool), "{label}: {message}");
+        assert!(message.contains("GET /extensions"), "{label}: {message}");
+    }
+
+    let choice = json!({"tool": "nope__x"});
+    let reply_cases = [
+        (
+            "/session/reply".to_owned(),
+            json!({"session_id": id, "prompt": "hello", "tool_choice": choice}),
+        ),
+        (
+            format!("/sessions/{id}/reply"),
+            json!({"prompt": "hello", "tool_choice": choice}),
+        ),
+    ];
+    for (path, body) in reply_cases {
+        let (status, error) = post(&daemon, &path, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("nope__x"), "{path}: {message}");
+    }
+    assert_eq!(
+        history(&daemon, &id).await.len(),
+        2,
+        "rejected replies store nothing"
+    );
+    let sessions: Value = daemon
+        .get("/sessions", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .expect("sessions JSON");
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "rejected starts store no session: {sessions}"
+    );
+}
+
+#[tokio::test]
 async fn model_change_applies_to_next_turn() {
     let (aimock, _fixtures) = start_aimock();
     let daemon = Daemon::launch(launch(&config(&aimock, "model-one"))).await;

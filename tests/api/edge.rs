@@ -188,7 +188,7 @@ async fn body_within_limit_and_charset_is_accepted() {
 }
 
 #[tokio::test]
-async fn slow_handler_times_out_with_503() {
+async fn stalled_body_times_out_with_408() {
     let daemon = Daemon::start(&config_with_key("limits:\n  request_timeout_secs: 1\n")).await;
     let head = format!(
         "POST /config/reload HTTP/1.1\r\nhost: x\r\nx-api-key: {ADMIN_KEY}\r\n\
@@ -201,10 +201,15 @@ async fn slow_handler_times_out_with_503() {
             .await
             .expect("raw request thread");
     assert!(
-        response.starts_with("HTTP/1.1 503"),
+        response.starts_with("HTTP/1.1 408"),
         "response was {response}"
     );
-    assert_eq!(body_of(&response)["code"], "timeout");
+    let body = body_of(&response);
+    assert_eq!(body["status"], "error");
+    assert_eq!(body["code"], "body_timeout");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("body was incomplete"), "{message}");
+    assert!(message.contains("limits.request_timeout_secs"), "{message}");
 }
 
 #[tokio::test]

@@ -833,3 +833,175 @@ async fn idle_session_is_released_and_reloaded() {
         "history was loaded back"
     );
 }
+
+#[tokio::test]
+async fn invalid_model_is_rejected() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let long = "m".repeat(257);
+    for (model, expected) in [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        (long.as_str(), "257 characters"),
+    ] {
+        let body = json!({"prompt": "hello there", "model": model});
+        let (status, error) = post(&daemon, "/session/start", ALICE_KEY, body).await;
+        let label = format!("model of {} characters", model.len());
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{label}: {error}");
+        assert_eq!(error["code"], "invalid_request", "{label}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{label}: {message}");
+    }
+    let (_, listed) = get_json(&daemon, "/sessions", ALICE_KEY).await;
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(0),
+        "no session stored: {listed}"
+    );
+
+    let body = json!({"prompt": "hello there", "model": "m".repeat(256)});
+    let (status, started) = post(&daemon, "/session/start", ALICE_KEY, body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "256 characters are allowed: {started}"
+    );
+}
+
+/// Sends a streaming reply to session `id` with `last_event_id` as `Last-Event-ID`.
+async fn resume_with(daemon: &Daemon, id: &str, last_event_id: &str) -> reqwest::Response {
+    daemon
+        .http
+        .post(daemon.url(&format!("/sessions/{id}/reply")))
+        .header("x-api-key", ALICE_KEY)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last_event_id)
+        .json(&json!({"prompt": "second question"}))
+        .send()
+        .await
+        .expect("send the resuming request")
+}
+
+#[tokio::test]
+async fn last_event_id_past_finished_turn_replays_finish() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let (_, started) = post(
+        &daemon,
+        "/session/start",
+        ALICE_KEY,
+        json!({"prompt": "hello there"}),
+    )
+    .await;
+    let id = started["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let streamed = daemon
+        .http
+        .post(daemon.url(&format!("/sessions/{id}/reply")))
+        .header("x-api-key", ALICE_KEY)
+        .header("accept", "text/event-stream")
+        .json(&json!({"prompt": "second question"}))
+        .send()
+        .await
+        .expect("stream a turn");
+    let (events, _) = read_events(streamed, |event| event.1 == "finish").await;
+    let last = events.last().cloned().unwrap_or_default();
+    assert_eq!(last.1, "finish", "{events:?}");
+    let last_id: u64 = last.0.as_deref().unwrap_or_default().parse().expect("id");
+
+    let resumed = resume_with(&daemon, &id, &(last_id + 1).to_string()).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let (replayed, _) = read_events(resumed, |_| false).await;
+    assert_eq!(replayed.len(), 1, "{replayed:?}");
+    assert_eq!(replayed[0].0, Some(last_id.to_string()));
+    assert_eq!(replayed[0].1, "finish");
+    assert_eq!(replayed[0].2, last.2);
+
+    let (_, detail) = get_json(&daemon, &format!("/sessions/{id}"), ALICE_KEY).await;
+    assert_eq!(
+        detail["messages"].as_array().map(Vec::len),
+        Some(4),
+        "resuming starts no turn"
+    );
+}
+
+#[tokio::test]
+async fn unparsable_last_event_id_is_rejected() {
+    let (aimock, _fixtures) = provider(false);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let (_, started) = post(
+        &daemon,
+        "/session/start",
+        ALICE_KEY,
+        json!({"prompt": "hello there"}),
+    )
+    .await;
+    let id = started["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for value in ["garbage", "-1", "", "18446744073709551616"] {
+        let response = resume_with(&daemon, &id, value).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{value:?}");
+        let body: Value = response.json().await.expect("JSON error body");
+        assert_eq!(body["code"], "bad_request", "{value:?}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("Last-Event-ID"), "{value:?}: {message}");
+        assert!(message.contains("whole number"), "{value:?}: {message}");
+    }
+    let (_, detail) = get_json(&daemon, &format!("/sessions/{id}"), ALICE_KEY).await;
+    assert_eq!(
+        detail["messages"].as_array().map(Vec::len),
+        Some(2),
+        "a rejected request starts no turn"
+    );
+}
+
+#[tokio::test]
+async fn last_event_id_past_running_turn_gets_409() {
+    let (aimock, _fixtures) = provider(true);
+    let daemon = Daemon::start(&config(&aimock, "")).await;
+    let (_, started) = post(
+        &daemon,
+        "/session/start",
+        ALICE_KEY,
+        json!({"prompt": "hello there"}),
+    )
+    .await;
+    let id = started["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let streamed = daemon
+        .http
+        .post(daemon.url(&format!("/sessions/{id}/reply")))
+        .header("x-api-key", ALICE_KEY)
+        .header("accept", "text/event-stream")
+        .json(&json!({"prompt": "slow please"}))
+        .send()
+        .await
+        .expect("stream a turn");
+    let (first, _) = read_events(streamed, |_| true).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let response = resume_with(&daemon, &id, "1000").await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["code"], "conflict");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Last-Event-ID 1000"), "{message}");
+    assert!(message.contains("running turn"), "{message}");
+}
+
+#[tokio::test]
+async fn computing_turn_times_out_with_503() {
+    let (aimock, _fixtures) = provider(true);
+    let limits = "limits:\n  request_timeout_secs: 1\n";
+    let daemon = Daemon::start(&config(&aimock, limits)).await;
+    let body = json!({"prompt": "slow please"});
+    let (status, error) = post(&daemon, "/session/start", ALICE_KEY, body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["code"], "timeout");
+}
