@@ -1,12 +1,14 @@
 //! The daemon's lifetime: serve until the shutdown token is cancelled, then drain.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use std::sync::Arc;
 
 use crate::config::{self, ConfigHandle};
 use crate::extensions::Registry;
@@ -84,8 +86,8 @@ pub async fn run(
     });
     let app = http::router(state);
     let mut server = match listener {
-        Bound::Plain(listener) => spawn_server(listener, app, shutdown.clone()),
-        Bound::Tls(listener) => spawn_server(listener, app, shutdown.clone()),
+        Bound::Plain(listener) => spawn_server(listener, app, config.clone(), shutdown.clone()),
+        Bound::Tls(listener) => spawn_server(listener, app, config.clone(), shutdown.clone()),
     };
     readiness.set_ready();
     tracing::info!("ready");
@@ -159,19 +161,46 @@ fn tls_certs(
     Ok(Some(certs))
 }
 
+/// Serves `app` on `listener` until `shutdown`, then waits for the open connections to
+/// finish their requests. It does what `axum::serve` does, and also gives each connection
+/// `limits.header_read_timeout_secs` to send a request's headers, which needs a timer that
+/// `axum::serve` does not set.
 fn spawn_server<L>(
-    listener: L,
+    mut listener: L,
     app: axum::Router,
+    config: ConfigHandle,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
 {
     tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let io = tokio::select! {
+                (io, _) = listener.accept() => io,
+                () = shutdown.cancelled() => break,
+            };
+            let header_timeout = config.current().config.limits.header_read_timeout_secs;
+            let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(header_timeout));
+            let service = TowerToHyperService::new(app.clone());
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection closed with an error");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
     })
 }
 

@@ -343,6 +343,12 @@ fn validate_limits(config: &Config, problems: &mut Vec<Problem>) {
             "must be at least 1",
         ));
     }
+    if config.limits.header_read_timeout_secs == 0 {
+        problems.push(Problem::new(
+            "limits.header_read_timeout_secs",
+            "must be at least 1",
+        ));
+    }
 }
 
 /// Rejects zero rate and turn limits, which would refuse every request, and a burst

@@ -350,3 +350,36 @@ async fn cors_is_off_unless_origins_are_configured() {
         .expect("send");
     assert_eq!(response.headers()["access-control-allow-origin"], origin);
 }
+
+#[tokio::test]
+async fn partial_headers_close_connection() {
+    let config = config_with_key("limits:\n  header_read_timeout_secs: 1\n");
+    let daemon = Daemon::start(&config).await;
+    let addr = daemon.addr;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        // The blank line that ends the headers never comes.
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+            .expect("send part of the headers");
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).map(|_| received)
+    })
+    .await
+    .expect("raw request thread");
+    // The daemon closes the connection; without the timeout the read would time out.
+    let received = outcome.expect("the daemon closed the connection");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "received {text}"
+    );
+    // The listener still serves new connections.
+    assert_eq!(
+        daemon.get("/health", ADMIN_KEY).await.status(),
+        StatusCode::OK
+    );
+}
