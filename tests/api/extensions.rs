@@ -337,3 +337,26 @@ async fn everything_server_over_streamable_http() {
 async fn everything_server_over_sse() {
     check_http_transport("sse", "sse", "/sse").await;
 }
+
+#[tokio::test]
+async fn api_rejects_env_names_with_equals() {
+    let config = config_with_key("extensions_allow_api_changes: true\n");
+    let daemon = Daemon::launch(launch(&config)).await;
+    let bodies = [
+        json!({"type": "stdio", "name": "e8", "cmd": rust_server(),
+               "envs": {"NODE_OPTIONS=--require /tmp/evil.js ": ""}}),
+        json!({"type": "stdio", "name": "e8", "cmd": rust_server(),
+               "env_keys": ["NODE_OPTIONS=--require /tmp/evil.js "]}),
+    ];
+    for body in bodies {
+        let (status, error) = daemon.post_value("/extensions/add", ADMIN_KEY, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("e8"), "{message}");
+        assert!(message.contains("NODE_OPTIONS"), "{message}");
+        assert!(message.contains("`=`"), "{message}");
+        assert!(!message.contains("evil"), "{message}");
+        assert!(!daemon.path("extensions/e8.yaml").exists());
+    }
+    assert_eq!(daemon.extension("e8").await, Value::Null);
+}
