@@ -207,9 +207,34 @@ pub fn decode(tree: Value) -> Result<ExtensionConfig, Vec<Problem>> {
         Err(error) => {
             let key = error.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            problems.push(Problem::new(key, error.into_inner().to_string()));
+            let message = decode_message(&key, &error.into_inner());
+            problems.push(Problem::new(key, message));
             Err(problems)
         }
+    }
+}
+
+/// Top-level keys whose values may contain credentials: header values, variables for the
+/// server, tokens in a URL's query or in program arguments.
+const CREDENTIAL_KEYS: &[&str] = &["envs", "headers", "uri", "args"];
+
+/// Describes a decode error at `key`. serde's "invalid type" message quotes the value it
+/// found, so for a credential-bearing key, or the whole document, only the expected type
+/// is kept.
+fn decode_message(key: &str, error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let top_level_key = key.split(['.', '[']).next().unwrap_or_default();
+    if !key.is_empty() && !CREDENTIAL_KEYS.contains(&top_level_key) {
+        return message;
+    }
+    // serde formats the message as "invalid type: <found>, expected <type>", and only
+    // <found> comes from the input.
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) => format!(
+            "invalid value (not shown, because it may contain a credential); expected \
+             {expected}"
+        ),
+        None => "invalid value (not shown, because it may contain a credential)".to_owned(),
     }
 }
 
@@ -307,6 +332,50 @@ mod tests {
             problems.iter().any(|p| p.message.contains("LD_PRELOAD")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn decode_errors_hide_credential_values() {
+        let cases = [
+            (
+                "type: sse\nuri: http://x\nheaders: \"Authorization: Bearer SECRET-1\"\n",
+                "headers",
+                "a map",
+            ),
+            (
+                "type: stdio\ncmd: x\nenvs: \"TOKEN=SECRET-2\"\n",
+                "envs",
+                "a map",
+            ),
+            (
+                "type: stdio\ncmd: x\nenvs:\n  TOKEN: [SECRET-3]\n",
+                "envs.TOKEN",
+                "a string",
+            ),
+            ("type: sse\nuri: [SECRET-4]\n", "uri", "a string"),
+            (
+                "type: stdio\ncmd: x\nargs: \"--token SECRET-5\"\n",
+                "args",
+                "a sequence",
+            ),
+        ];
+        for (text, key, expected) in cases {
+            let problems = parse("s", text, Format::Yaml).err().unwrap_or_default();
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert_eq!(problems[0].key, key, "{text}");
+            let message = &problems[0].message;
+            assert!(!message.contains("SECRET"), "{text}: {message}");
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_show_other_values() {
+        let problems = parse("s", "type: stdio\ncmd: [1]\n", Format::Yaml)
+            .err()
+            .unwrap_or_default();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("sequence"), "{problems:?}");
     }
 
     #[test]
