@@ -70,18 +70,46 @@ pub fn scan(dir: &Path) -> Scan {
             return scan;
         }
     };
-    let mut files: Vec<(String, FileKind, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let file_name = entry.file_name().into_string().ok()?;
-            let (name, kind) = match manifest_name(&file_name) {
-                Some((name, format)) => (name, FileKind::Manifest(format)),
-                None => (plugin_name(&file_name)?, FileKind::Library),
-            };
-            let path = entry.path();
-            path.is_file().then_some((name, kind, path))
-        })
-        .collect();
+    let mut files: Vec<(String, FileKind, PathBuf)> = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(file_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        if is_nameless_manifest(&file_name) {
+            scan.problems.push(unusable_file(
+                &path,
+                "the file name has no extension name before its suffix; rename it to \
+                 <name>.yaml, <name>.toml or <name>.json",
+            ));
+            continue;
+        }
+        let (name, kind) = match manifest_name(&file_name) {
+            Some((name, format)) => (name, FileKind::Manifest(format)),
+            None => match plugin_name(&file_name) {
+                Some(name) => (name, FileKind::Library),
+                None => continue,
+            },
+        };
+        match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => files.push((name, kind, path)),
+            Ok(metadata) if metadata.is_dir() => scan.problems.push(unusable_file(
+                &path,
+                "this is a directory, not a manifest file; rename or remove it",
+            )),
+            Ok(_) => scan.problems.push(unusable_file(
+                &path,
+                "this is not a regular file; replace it with a manifest file",
+            )),
+            Err(error) => scan.problems.push(unusable_file(
+                &path,
+                &format!(
+                    "cannot read the file: {error}; if it is a symbolic link, point it at an \
+                     existing manifest file or remove it"
+                ),
+            )),
+        }
+    }
     files.sort_by(|a, b| a.2.cmp(&b.2));
     for (name, kind, path) in files {
         let read = match kind {
@@ -109,6 +137,23 @@ pub fn scan(dir: &Path) -> Scan {
         }
     }
     scan
+}
+
+/// Returns whether `file_name` has a manifest suffix and nothing else but dots, such as
+/// `..yaml`, which the hidden-file rule would otherwise skip unreported.
+fn is_nameless_manifest(file_name: &str) -> bool {
+    let rest = file_name.trim_start_matches('.');
+    rest.len() < file_name.len() && matches!(rest, "yaml" | "toml" | "json")
+}
+
+/// Logs and describes a file in the extensions directory that cannot be a manifest.
+fn unusable_file(path: &Path, reason: &str) -> DefinitionProblem {
+    tracing::error!(path = %path.display(), error = reason, "skipping an unusable extension file");
+    DefinitionProblem {
+        file: Some(path.display().to_string()),
+        name: None,
+        message: format!("skipped: {reason}"),
+    }
 }
 
 /// What a file in the extensions directory defines.
@@ -332,6 +377,31 @@ mod tests {
             problems.iter().any(|p| p.message.contains("LD_PRELOAD")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn unusable_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("loop1.yaml", dir.path().join("loop1.yaml")).unwrap();
+        std::fs::create_dir(dir.path().join("adir.yaml")).unwrap();
+        std::fs::write(dir.path().join("..yaml"), "type: stdio\ncmd: x\n").unwrap();
+        std::fs::write(dir.path().join(".x.yaml.tmp"), "partial").unwrap();
+        let scan = scan(dir.path());
+        assert_eq!(scan.manifests.len(), 0);
+        let problem_for = |file: &str| {
+            let path = dir.path().join(file).display().to_string();
+            scan.problems
+                .iter()
+                .find(|problem| problem.file.as_deref() == Some(path.as_str()))
+                .map(|problem| problem.message.clone())
+        };
+        let looped = problem_for("loop1.yaml").unwrap_or_default();
+        assert!(looped.contains("symbolic link"), "{looped}");
+        let directory = problem_for("adir.yaml").unwrap_or_default();
+        assert!(directory.contains("directory"), "{directory}");
+        let nameless = problem_for("..yaml").unwrap_or_default();
+        assert!(nameless.contains("rename it"), "{nameless}");
+        assert_eq!(scan.problems.len(), 3, "{:?}", scan.problems);
     }
 
     #[test]
