@@ -7,6 +7,7 @@ mod client;
 mod convert;
 pub mod definition;
 pub mod env;
+mod line_limit;
 pub mod manifest;
 #[cfg(target_os = "linux")]
 pub(crate) mod orphans;

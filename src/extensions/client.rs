@@ -10,12 +10,14 @@ use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Imple
 use rmcp::service::{
     NotificationContext, Peer, QuitReason, RunningService, RunningServiceCancellationToken,
 };
+use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::line_limit::{LimitedLines, MAX_MESSAGE_BYTES, Overflow};
 use super::process::{self, GroupRecord, ServerProcess};
 use super::sse::{SseError, SseTransport};
 use super::stderr::StderrTail;
@@ -64,6 +66,8 @@ pub struct Connection {
     pub process: Option<ServerProcess>,
     /// Notified when the server reports a changed tool list.
     pub tools_changed: Arc<Notify>,
+    /// Records why a stdio connection closed on a message over the size limit.
+    overflow: Option<Overflow>,
 }
 
 /// A failure to connect. The message names the extension's problem and
@@ -74,17 +78,26 @@ pub struct ConnectError(pub String);
 
 /// Starts or reaches the server of `config` and completes the initialize handshake, all
 /// within the handshake limit. Gives up when `stop` fires, and a stdio server started by
-/// then is stopped and reaped. `group` records a stdio server's process group.
+/// then is stopped and reaped. `group` records a stdio server's process group, and
+/// `overflow` the error of a message from it over [`MAX_MESSAGE_BYTES`].
 pub async fn connect(
     name: &str,
     config: &ExtensionConfig,
     tail: &StderrTail,
     group: &GroupRecord,
+    overflow: &Overflow,
     stop: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
     let limit = Duration::from_secs(config.timeout).min(MAX_HANDSHAKE);
     match config.kind {
-        ExtensionKind::Stdio => connect_stdio(name, config, tail, group, limit, stop).await,
+        ExtensionKind::Stdio => {
+            let server = StdioServer {
+                tail,
+                group,
+                overflow,
+            };
+            connect_stdio(name, config, &server, limit, stop).await
+        }
         ExtensionKind::StreamableHttp | ExtensionKind::Sse => tokio::select! {
             result = connect_http(name, config, limit) => result,
             () = stop.cancelled() => Err(ConnectError(
@@ -162,11 +175,17 @@ enum StdioHandshake {
     Stopped,
 }
 
+/// The slot state a stdio connection records into.
+struct StdioServer<'a> {
+    tail: &'a StderrTail,
+    group: &'a GroupRecord,
+    overflow: &'a Overflow,
+}
+
 async fn connect_stdio(
     name: &str,
     config: &ExtensionConfig,
-    tail: &StderrTail,
-    group: &GroupRecord,
+    slot: &StdioServer<'_>,
     limit: Duration,
     stop: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
@@ -174,14 +193,22 @@ async fn connect_stdio(
     let handler = Handler::default();
     let tools_changed = handler.tools_changed.clone();
     let program = config.cmd.as_deref().unwrap_or_default();
-    let (mut server, stdout, stdin) = process::spawn(name, config, tail.clone(), group.clone())
-        .map_err(|error| ConnectError(format!("cannot start {program:?}: {error}")))?;
+    let tail = slot.tail;
+    let (mut server, stdout, stdin) =
+        process::spawn(name, config, tail.clone(), slot.group.clone())
+            .map_err(|error| ConnectError(format!("cannot start {program:?}: {error}")))?;
+    slot.overflow.clear();
+    let stdout = LimitedLines::new(stdout, name, MAX_MESSAGE_BYTES, slot.overflow.clone());
+    // The reader above enforces the limit, so rmcp's own line limit, which drops a long
+    // line without failing the call waiting for it, is turned off.
+    let transport =
+        AsyncRwTransport::<RoleClient, _, _>::new(stdout, stdin).with_max_line_length(usize::MAX);
     tracing::debug!(
         extension = name,
         pid = server.pid(),
         "MCP server process started"
     );
-    let serving = handler.serve((stdout, stdin));
+    let serving = handler.serve(transport);
     let outcome = tokio::select! {
         result = handshake(name, serving, deadline, limit) => StdioHandshake::Done(result),
         _ = server.exited() => StdioHandshake::Exited,
@@ -189,7 +216,9 @@ async fn connect_stdio(
     };
     let failure = match outcome {
         StdioHandshake::Done(Ok(service)) => {
-            return Ok(Connection::new(service, Some(server), tools_changed));
+            let mut connection = Connection::new(service, Some(server), tools_changed);
+            connection.overflow = Some(slot.overflow.clone());
+            return Ok(connection);
         }
         StdioHandshake::Done(Err(error)) => match server.exited_within(EXIT_AFTER_CLOSE).await {
             Some(_) => None,
@@ -292,6 +321,7 @@ impl Connection {
             service_ended: false,
             process,
             tools_changed,
+            overflow: None,
         }
     }
 
@@ -318,6 +348,9 @@ impl Connection {
             None => return "the connection to the server closed".to_owned(),
         };
         self.service_ended = true;
+        if let Some(message) = self.overflow.as_ref().and_then(Overflow::get) {
+            return message;
+        }
         match (ended, &mut self.process) {
             (_, Some(server)) => match server.exited_within(EXIT_AFTER_CLOSE).await {
                 Some(status) => format!("the server {}", process::describe_exit(Some(status))),

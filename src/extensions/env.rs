@@ -67,7 +67,15 @@ pub fn check_names(at: &str, extension: &ExtensionConfig, problems: &mut Vec<Pro
         .map(|name| ("envs", name))
         .chain(extension.env_keys.iter().map(|name| ("env_keys", name)));
     for (field, name) in names {
-        if is_denied(name) {
+        if let Some(reason) = invalid_name_reason(name) {
+            problems.push(Problem::new(
+                format!("{at}.{field}"),
+                format!(
+                    "invalid variable name {}: {reason}; use a name such as API_TOKEN",
+                    shown_name(name)
+                ),
+            ));
+        } else if is_denied(name) {
             problems.push(Problem::new(
                 format!("{at}.{field}"),
                 format!(
@@ -76,6 +84,30 @@ pub fn check_names(at: &str, extension: &ExtensionConfig, problems: &mut Vec<Pro
                 ),
             ));
         }
+    }
+}
+
+/// Returns why `name` cannot be an environment variable name, or `None` if it can. A child
+/// reads each `NAME=value` entry up to its first `=` as the name, and a NUL ends the entry,
+/// so a name containing either sets a different variable than the denylist checked.
+fn invalid_name_reason(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.contains('=') {
+        Some("it contains `=`")
+    } else if name.contains('\0') {
+        Some("it contains a NUL character")
+    } else {
+        None
+    }
+}
+
+/// Formats an invalid name for a message: the part before the first `=` or NUL, quoted,
+/// because what follows an `=` is meant as a value and may be a secret.
+fn shown_name(name: &str) -> String {
+    match name.find(['=', '\0']) {
+        Some(end) => format!("{:?} (cut at position {end})", &name[..end]),
+        None => format!("{name:?}"),
     }
 }
 
@@ -121,5 +153,40 @@ mod tests {
         for name in ["API_TOKEN", "HOME", "LOAD_LEVEL", "NODE_ENV"] {
             assert!(!is_denied(name), "{name} should be allowed");
         }
+    }
+
+    fn problems_for(envs: &[&str], env_keys: &[&str]) -> Vec<Problem> {
+        let text = serde_json::json!({
+            "type": "stdio",
+            "cmd": "x",
+            "envs": envs.iter().map(|name| (*name, "v")).collect::<BTreeMap<_, _>>(),
+            "env_keys": env_keys,
+        });
+        let extension: ExtensionConfig = serde_json::from_value(text).expect("an extension");
+        let mut problems = Vec::new();
+        check_names("extensions.e8", &extension, &mut problems);
+        problems
+    }
+
+    #[test]
+    fn empty_equals_and_nul_names_rejected() {
+        let smuggled = "NODE_OPTIONS=--require /tmp/evil.js ";
+        for name in [smuggled, "", "A\0B", "=x"] {
+            let problems = problems_for(&[name], &[]);
+            assert_eq!(problems.len(), 1, "envs {name:?}: {problems:?}");
+            assert_eq!(problems[0].key, "extensions.e8.envs");
+            assert!(
+                problems[0].message.contains("invalid variable name"),
+                "{problems:?}"
+            );
+            let problems = problems_for(&[], &[name]);
+            assert_eq!(problems.len(), 1, "env_keys {name:?}: {problems:?}");
+            assert_eq!(problems[0].key, "extensions.e8.env_keys");
+        }
+        let message = &problems_for(&[smuggled], &[])[0].message;
+        assert!(message.contains("\"NODE_OPTIONS\""), "{message}");
+        assert!(message.contains("`=`"), "{message}");
+        assert!(!message.contains("evil"), "{message}");
+        assert!(problems_for(&["API_TOKEN"], &["HOME"]).is_empty());
     }
 }

@@ -70,18 +70,46 @@ pub fn scan(dir: &Path) -> Scan {
             return scan;
         }
     };
-    let mut files: Vec<(String, FileKind, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let file_name = entry.file_name().into_string().ok()?;
-            let (name, kind) = match manifest_name(&file_name) {
-                Some((name, format)) => (name, FileKind::Manifest(format)),
-                None => (plugin_name(&file_name)?, FileKind::Library),
-            };
-            let path = entry.path();
-            path.is_file().then_some((name, kind, path))
-        })
-        .collect();
+    let mut files: Vec<(String, FileKind, PathBuf)> = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(file_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        if is_nameless_manifest(&file_name) {
+            scan.problems.push(unusable_file(
+                &path,
+                "the file name has no extension name before its suffix; rename it to \
+                 <name>.yaml, <name>.toml or <name>.json",
+            ));
+            continue;
+        }
+        let (name, kind) = match manifest_name(&file_name) {
+            Some((name, format)) => (name, FileKind::Manifest(format)),
+            None => match plugin_name(&file_name) {
+                Some(name) => (name, FileKind::Library),
+                None => continue,
+            },
+        };
+        match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => files.push((name, kind, path)),
+            Ok(metadata) if metadata.is_dir() => scan.problems.push(unusable_file(
+                &path,
+                "this is a directory, not a manifest file; rename or remove it",
+            )),
+            Ok(_) => scan.problems.push(unusable_file(
+                &path,
+                "this is not a regular file; replace it with a manifest file",
+            )),
+            Err(error) => scan.problems.push(unusable_file(
+                &path,
+                &format!(
+                    "cannot read the file: {error}; if it is a symbolic link, point it at an \
+                     existing manifest file or remove it"
+                ),
+            )),
+        }
+    }
     files.sort_by(|a, b| a.2.cmp(&b.2));
     for (name, kind, path) in files {
         let read = match kind {
@@ -109,6 +137,23 @@ pub fn scan(dir: &Path) -> Scan {
         }
     }
     scan
+}
+
+/// Returns whether `file_name` has a manifest suffix and nothing else but dots, such as
+/// `..yaml`, which the hidden-file rule would otherwise skip unreported.
+fn is_nameless_manifest(file_name: &str) -> bool {
+    let rest = file_name.trim_start_matches('.');
+    rest.len() < file_name.len() && matches!(rest, "yaml" | "toml" | "json")
+}
+
+/// Logs and describes a file in the extensions directory that cannot be a manifest.
+fn unusable_file(path: &Path, reason: &str) -> DefinitionProblem {
+    tracing::error!(path = %path.display(), error = reason, "skipping an unusable extension file");
+    DefinitionProblem {
+        file: Some(path.display().to_string()),
+        name: None,
+        message: format!("skipped: {reason}"),
+    }
 }
 
 /// What a file in the extensions directory defines.
@@ -207,9 +252,34 @@ pub fn decode(tree: Value) -> Result<ExtensionConfig, Vec<Problem>> {
         Err(error) => {
             let key = error.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            problems.push(Problem::new(key, error.into_inner().to_string()));
+            let message = decode_message(&key, &error.into_inner());
+            problems.push(Problem::new(key, message));
             Err(problems)
         }
+    }
+}
+
+/// Top-level keys whose values may contain credentials: header values, variables for the
+/// server, tokens in a URL's query or in program arguments.
+const CREDENTIAL_KEYS: &[&str] = &["envs", "headers", "uri", "args"];
+
+/// Describes a decode error at `key`. serde's "invalid type" message quotes the value it
+/// found, so for a credential-bearing key, or the whole document, only the expected type
+/// is kept.
+fn decode_message(key: &str, error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let top_level_key = key.split(['.', '[']).next().unwrap_or_default();
+    if !key.is_empty() && !CREDENTIAL_KEYS.contains(&top_level_key) {
+        return message;
+    }
+    // serde formats the message as "invalid type: <found>, expected <type>", and only
+    // <found> comes from the input.
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) => format!(
+            "invalid value (not shown, because it may contain a credential); expected \
+             {expected}"
+        ),
+        None => "invalid value (not shown, because it may contain a credential)".to_owned(),
     }
 }
 
@@ -307,6 +377,75 @@ mod tests {
             problems.iter().any(|p| p.message.contains("LD_PRELOAD")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn unusable_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("loop1.yaml", dir.path().join("loop1.yaml")).unwrap();
+        std::fs::create_dir(dir.path().join("adir.yaml")).unwrap();
+        std::fs::write(dir.path().join("..yaml"), "type: stdio\ncmd: x\n").unwrap();
+        std::fs::write(dir.path().join(".x.yaml.tmp"), "partial").unwrap();
+        let scan = scan(dir.path());
+        assert_eq!(scan.manifests.len(), 0);
+        let problem_for = |file: &str| {
+            let path = dir.path().join(file).display().to_string();
+            scan.problems
+                .iter()
+                .find(|problem| problem.file.as_deref() == Some(path.as_str()))
+                .map(|problem| problem.message.clone())
+        };
+        let looped = problem_for("loop1.yaml").unwrap_or_default();
+        assert!(looped.contains("symbolic link"), "{looped}");
+        let directory = problem_for("adir.yaml").unwrap_or_default();
+        assert!(directory.contains("directory"), "{directory}");
+        let nameless = problem_for("..yaml").unwrap_or_default();
+        assert!(nameless.contains("rename it"), "{nameless}");
+        assert_eq!(scan.problems.len(), 3, "{:?}", scan.problems);
+    }
+
+    #[test]
+    fn decode_errors_hide_credential_values() {
+        let cases = [
+            (
+                "type: sse\nuri: http://x\nheaders: \"Authorization: Bearer SECRET-1\"\n",
+                "headers",
+                "a map",
+            ),
+            (
+                "type: stdio\ncmd: x\nenvs: \"TOKEN=SECRET-2\"\n",
+                "envs",
+                "a map",
+            ),
+            (
+                "type: stdio\ncmd: x\nenvs:\n  TOKEN: [SECRET-3]\n",
+                "envs.TOKEN",
+                "a string",
+            ),
+            ("type: sse\nuri: [SECRET-4]\n", "uri", "a string"),
+            (
+                "type: stdio\ncmd: x\nargs: \"--token SECRET-5\"\n",
+                "args",
+                "a sequence",
+            ),
+        ];
+        for (text, key, expected) in cases {
+            let problems = parse("s", text, Format::Yaml).err().unwrap_or_default();
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert_eq!(problems[0].key, key, "{text}");
+            let message = &problems[0].message;
+            assert!(!message.contains("SECRET"), "{text}: {message}");
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_show_other_values() {
+        let problems = parse("s", "type: stdio\ncmd: [1]\n", Format::Yaml)
+            .err()
+            .unwrap_or_default();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("sequence"), "{problems:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use tokio::sync::Notify;
 
 use super::definition::{Definition, Source};
+use super::line_limit::Overflow;
 use super::plugin::PluginVersion;
 use super::process::GroupRecord;
 use super::stderr::StderrTail;
@@ -78,6 +79,8 @@ pub struct Slot {
     pub tail: StderrTail,
     /// Process group of the current stdio server.
     pub server_group: GroupRecord,
+    /// Set when the current stdio connection failed on a message over the size limit.
+    pub stdout_overflow: Overflow,
     /// Plugin calls that timed out or were cancelled and whose thread still runs.
     pub hung_calls: Arc<AtomicU64>,
     /// Wakes a plugin's supervisor to check its library file for a new version.
@@ -152,6 +155,7 @@ impl Slot {
             }),
             tail: StderrTail::default(),
             server_group: GroupRecord::default(),
+            stdout_overflow: Overflow::default(),
             hung_calls: Arc::default(),
             refresh: Notify::new(),
         })

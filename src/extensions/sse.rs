@@ -25,9 +25,9 @@ pub enum SseError {
     /// The URL, a header or the endpoint is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// An HTTP request failed.
+    /// An HTTP request failed. The `From` conversion removes the request URL.
     #[error("HTTP request to the MCP server failed: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     /// The stream ended or broke before the server sent its `endpoint` event.
     #[error("the SSE stream ended before the server sent its endpoint event: {0}")]
     NoEndpoint(String),
@@ -35,6 +35,14 @@ pub enum SseError {
     /// response headers of its SSE stream".
     #[error("the server did not {0} in time")]
     TimedOut(&'static str),
+}
+
+impl From<reqwest::Error> for SseError {
+    /// Drops the request URL, because its query or userinfo may hold a token. The extension
+    /// name in the surrounding message identifies the server.
+    fn from(error: reqwest::Error) -> Self {
+        Self::Http(error.without_url())
+    }
 }
 
 /// A client transport over HTTP+SSE.
@@ -53,7 +61,7 @@ impl SseTransport {
     pub async fn connect(config: &ExtensionConfig, deadline: Instant) -> Result<Self, SseError> {
         let uri = config.uri.as_deref().unwrap_or_default();
         let url = Url::parse(uri)
-            .map_err(|error| SseError::Invalid(format!("invalid URL {uri:?}: {error}")))?;
+            .map_err(|error| SseError::Invalid(format!("invalid URL in `uri`: {error}")))?;
         let mut headers = HeaderMap::new();
         let configured = header_map(config).map_err(|error| SseError::Invalid(error.0))?;
         headers.extend(configured);
@@ -70,7 +78,7 @@ impl SseTransport {
         let mut events = Box::pin(SseStream::from_bytes_stream(response.bytes_stream()));
         let endpoint = tokio::time::timeout_at(deadline, async {
             while let Some(event) = events.next().await {
-                let event = event.map_err(|error| SseError::NoEndpoint(error.to_string()))?;
+                let event = event.map_err(|error| SseError::NoEndpoint(stream_error(error)))?;
                 if event.event.as_deref() == Some("endpoint") {
                     return resolve_endpoint(&url, event.data.as_deref().unwrap_or_default());
                 }
@@ -116,6 +124,18 @@ fn resolve_endpoint(sse_url: &Url, data: &str) -> Result<Url, SseError> {
         )));
     }
     Ok(endpoint)
+}
+
+/// Describes an error of the SSE stream without the URL that a body error from reqwest
+/// would print.
+fn stream_error(error: sse_stream::Error) -> String {
+    match error {
+        sse_stream::Error::Body(body) => match body.downcast::<reqwest::Error>() {
+            Ok(error) => format!("body error: {}", error.without_url()),
+            Err(other) => format!("body error: {other}"),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn parse_message(event: &Sse) -> Option<RxJsonRpcMessage<RoleClient>> {

@@ -48,9 +48,19 @@ pub fn transport(
 impl ClosableClient {
     async fn until_closed<T>(&self, request: impl Future<Output = Result<T>>) -> Result<T> {
         tokio::select! {
-            result = request => result,
+            result = request => result.map_err(without_url),
             () = self.closed.cancelled() => Err(StreamableHttpError::TransportChannelClosed),
         }
+    }
+}
+
+/// Drops the request URL from a reqwest error, because its query or userinfo may hold a
+/// token and the error ends up in `last_error` and the log. The extension name identifies
+/// the server.
+fn without_url(error: StreamableHttpError<reqwest::Error>) -> StreamableHttpError<reqwest::Error> {
+    match error {
+        StreamableHttpError::Client(error) => StreamableHttpError::Client(error.without_url()),
+        other => other,
     }
 }
 

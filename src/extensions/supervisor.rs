@@ -46,6 +46,7 @@ pub async fn supervise(slot: Arc<Slot>, stop: CancellationToken) {
             &definition.config,
             &slot.tail,
             &slot.server_group,
+            &slot.stdout_overflow,
             &stop,
         );
         match connected.await {

@@ -59,6 +59,7 @@ impl ToolSource for Registry {
             let result = client::call_tool(&peer, tool, arguments, limit, cancel).await;
             match result {
                 Err(ToolError::Failed(reason)) if peer.is_transport_closed() => {
+                    let reason = slot.stdout_overflow.get().unwrap_or(reason);
                     Err(ToolError::Unavailable {
                         extension: extension.to_owned(),
                         reason,

@@ -105,6 +105,42 @@ async fn large_result_passes_through() {
 }
 
 #[tokio::test]
+async fn oversized_result_fails_call_at_once() {
+    let config = daemon_config("big", &rust_server(), &[], "    timeout: 20\n");
+    let daemon = Daemon::launch(launch(&config)).await;
+    daemon.wait_running("big").await;
+    let started = std::time::Instant::now();
+    let (status, body) = daemon
+        .call_tool("big", "big", json!({"bytes": 20_000_000}))
+        .await;
+    let elapsed = started.elapsed();
+    assert!(elapsed.as_secs() < 10, "the call took {elapsed:?}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("extension big"), "{message}");
+    assert!(message.contains("16777216 bytes"), "{message}");
+
+    daemon.wait_running("big").await;
+    assert_eq!(
+        daemon.call_text("big", "echo", json!({"text": "ok"})).await,
+        "ok"
+    );
+    let status = daemon.extension("big").await;
+    assert_eq!(status["restarts"], json!(1), "{status}");
+    let logs = daemon.stderr_text();
+    let logged = logs
+        .matches("larger than the limit of 16777216 bytes")
+        .count();
+    assert!(logged >= 1, "{logs}");
+    let error_lines = logs
+        .lines()
+        .filter(|line| line.contains("\"level\":\"ERROR\""))
+        .filter(|line| line.contains("16777216"))
+        .count();
+    assert_eq!(error_lines, 1, "{logs}");
+}
+
+#[tokio::test]
 async fn server_killed_mid_call_restarts() {
     let config = daemon_config("crashy", &rust_server(), &[], "");
     let daemon = Daemon::launch(launch(&config)).await;

@@ -337,3 +337,87 @@ async fn everything_server_over_streamable_http() {
 async fn everything_server_over_sse() {
     check_http_transport("sse", "sse", "/sse").await;
 }
+
+#[tokio::test]
+async fn api_rejects_env_names_with_equals() {
+    let config = config_with_key("extensions_allow_api_changes: true\n");
+    let daemon = Daemon::launch(launch(&config)).await;
+    let bodies = [
+        json!({"type": "stdio", "name": "e8", "cmd": rust_server(),
+               "envs": {"NODE_OPTIONS=--require /tmp/evil.js ": ""}}),
+        json!({"type": "stdio", "name": "e8", "cmd": rust_server(),
+               "env_keys": ["NODE_OPTIONS=--require /tmp/evil.js "]}),
+    ];
+    for body in bodies {
+        let (status, error) = daemon.post_value("/extensions/add", ADMIN_KEY, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("e8"), "{message}");
+        assert!(message.contains("NODE_OPTIONS"), "{message}");
+        assert!(message.contains("`=`"), "{message}");
+        assert!(!message.contains("evil"), "{message}");
+        assert!(!daemon.path("extensions/e8.yaml").exists());
+    }
+    assert_eq!(daemon.extension("e8").await, Value::Null);
+}
+
+#[tokio::test]
+async fn manifest_decode_errors_hide_secrets() {
+    let config = config_with_key(&format!(
+        "api_keys:\n  - name: user\n    key: {USER_KEY}\n    role: user\n"
+    ));
+    let mut launch = launch(&config);
+    launch.files.push((
+        "extensions/leaky.yaml".to_owned(),
+        "type: sse\nuri: http://127.0.0.1:9/sse\nheaders: \"Authorization: Bearer \
+         MANIFESTSECRET-3\"\n"
+            .to_owned(),
+    ));
+    let daemon = Daemon::launch(launch).await;
+    let (status, listing) = daemon.get_value("/extensions", USER_KEY).await;
+    assert_eq!(status, StatusCode::OK, "{listing}");
+    let problems = listing["problems"].to_string();
+    assert!(problems.contains("leaky.yaml"), "{problems}");
+    assert!(problems.contains("headers"), "{problems}");
+    assert!(problems.contains("expected a map"), "{problems}");
+    assert!(!problems.contains("MANIFESTSECRET"), "{problems}");
+    let logs = daemon.stderr_text();
+    assert!(logs.contains("leaky.yaml"), "{logs}");
+    assert!(!logs.contains("MANIFESTSECRET"), "{logs}");
+}
+
+/// Returns a loopback port that nothing listens on, so connecting to it is refused.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("pick a free port")
+}
+
+#[tokio::test]
+async fn http_errors_hide_url_query_and_userinfo() {
+    let port = closed_port();
+    let config = config_with_key(&format!(
+        "api_keys:\n  - name: user\n    key: {USER_KEY}\n    role: user\nextensions:\n  \
+         old:\n    type: sse\n    uri: http://127.0.0.1:{port}/sse?token=QSECRET-1\n  \
+         new:\n    type: streamable_http\n    \
+         uri: http://name:USERSECRET-2@127.0.0.1:{port}/mcp?token=QSECRET-2\n"
+    ));
+    let daemon = Daemon::launch(launch(&config)).await;
+    for name in ["old", "new"] {
+        daemon
+            .wait_extension(name, |status| status["last_error"].is_string())
+            .await;
+        let (code, status) = daemon
+            .get_value(&format!("/extensions/{name}"), USER_KEY)
+            .await;
+        assert_eq!(code, StatusCode::OK, "{status}");
+        let error = status["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("request"), "{name}: {error}");
+        assert!(!error.contains("QSECRET"), "{name}: {error}");
+        assert!(!error.contains("USERSECRET"), "{name}: {error}");
+    }
+    let logs = daemon.stderr_text();
+    assert!(!logs.contains("QSECRET"), "{logs}");
+    assert!(!logs.contains("USERSECRET"), "{logs}");
+}
