@@ -37,6 +37,9 @@ pub struct GenaiProvider {
     auth: AuthData,
     options: ChatOptions,
     stream: bool,
+    /// The configured key and header values, removed from error messages because a
+    /// provider's error body may repeat the request's credentials.
+    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for GenaiProvider {
@@ -94,7 +97,17 @@ impl GenaiProvider {
             auth: auth_data(kind, config),
             options,
             stream: config.stream.unwrap_or(true),
+            secrets: secrets_of(config),
         })
+    }
+
+    /// Converts a genai error, with every configured secret replaced by a placeholder.
+    fn error_from(&self, error: genai::Error) -> ProviderError {
+        let mut mapped = map_error(error);
+        for secret in &self.secrets {
+            mapped = mapped.without(secret);
+        }
+        mapped
     }
 
     fn target(&self, model: &str) -> ServiceTarget {
@@ -130,11 +143,11 @@ impl GenaiProvider {
                 Some(&options),
             )
             .await
-            .map_err(map_error)?;
+            .map_err(|error| self.error_from(error))?;
         let mut stream = response.stream;
         let mut text = String::new();
         while let Some(event) = stream.next().await {
-            match event.map_err(map_error)? {
+            match event.map_err(|error| self.error_from(error))? {
                 ChatStreamEvent::Chunk(chunk) => {
                     on_text(&chunk.content);
                     text.push_str(&chunk.content);
@@ -175,7 +188,7 @@ impl GenaiProvider {
                 Some(&options),
             )
             .await
-            .map_err(map_error)?;
+            .map_err(|error| self.error_from(error))?;
         let text = response.texts().concat();
         if !text.is_empty() {
             on_text(&text);
@@ -241,6 +254,20 @@ fn with_trailing_slash(url: &str) -> String {
     } else {
         format!("{url}/")
     }
+}
+
+/// Shortest secret that is removed from error messages. Shorter values, such as a header
+/// `1`, would also match ordinary text.
+const MIN_REDACTED_SECRET_CHARS: usize = 8;
+
+fn secrets_of(config: &ProviderConfig) -> Vec<String> {
+    config
+        .api_key
+        .iter()
+        .chain(config.headers.values())
+        .map(|secret| secret.expose().to_owned())
+        .filter(|secret| secret.chars().count() >= MIN_REDACTED_SECRET_CHARS)
+        .collect()
 }
 
 fn auth_data(kind: ProviderKind, config: &ProviderConfig) -> AuthData {

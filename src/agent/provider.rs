@@ -129,6 +129,32 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// Returns the error with each occurrence of `secret` in its message replaced by
+    /// `<redacted>`.
+    pub fn without(self, secret: &str) -> Self {
+        let clean = |text: String| {
+            if text.contains(secret) {
+                text.replace(secret, "<redacted>")
+            } else {
+                text
+            }
+        };
+        match self {
+            Self::Server { status, message } => Self::Server {
+                status,
+                message: clean(message),
+            },
+            Self::Rejected { status, message } => Self::Rejected {
+                status,
+                message: clean(message),
+            },
+            Self::ContextTooLong(message) => Self::ContextTooLong(clean(message)),
+            Self::Connection(message) => Self::Connection(clean(message)),
+            Self::InvalidResponse(message) => Self::InvalidResponse(clean(message)),
+            other => other,
+        }
+    }
+
     /// Returns whether retrying the same request can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -392,6 +392,41 @@ async fn rejected_credentials_are_not_echoed() {
     assert_eq!(server.requests().len(), 1, "401 is not retried");
 }
 
+#[tokio::test]
+async fn provider_errors_never_repeat_the_key() {
+    let echo = |status| {
+        let message = "bad auth Bearer sk-test-secret-key for this request";
+        Reply::json(status, json!({"error": {"message": message}}))
+    };
+    let replies = vec![echo(500), echo(500), echo(500), echo(400)];
+    let server = FakeProvider::start(replies).await;
+    let provider = provider(ProviderKind::Openai, server.url("/v1"));
+    for case in ["500, retried", "400"] {
+        let mut history = vec![Message::user("hi")];
+        let (outcome, events) = run(
+            &provider,
+            &TestTools::default(),
+            &settings(),
+            &mut history,
+            &CancellationToken::new(),
+        )
+        .await;
+        let error = outcome.expect_err("the provider fails the turn");
+        let text = error.to_string();
+        assert!(!text.contains("sk-test"), "{text}");
+        assert!(text.contains("bad auth Bearer <redacted>"), "{text}");
+        for event in &events {
+            let shown = format!("{event:?}");
+            assert!(!shown.contains("sk-test"), "{case}: {shown}");
+        }
+    }
+    assert_eq!(
+        server.requests().len(),
+        4,
+        "three tries of the 500, one of the 400"
+    );
+}
+
 fn anthropic_success(text: &str) -> Reply {
     Reply::sse(&[
         anthropic_event(
