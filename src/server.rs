@@ -162,10 +162,39 @@ fn tls_certs(
 }
 
 /// Serves `app` on `listener` until `shutdown`, then waits for the open connections to
-/// finish their requests. It does what `axum::serve` does, and also gives each connection
-/// `limits.header_read_timeout_secs` to send a request's headers, which needs a timer that
-/// `axum::serve` does not set.
+/// finish their requests. With `limits.header_read_timeout_secs` set at start, each
+/// connection gets that long to send a request's headers, which needs hyper's timer and so
+/// a connection loop of our own, because `axum::serve` sets none.
 fn spawn_server<L>(
+    listener: L,
+    app: axum::Router,
+    config: ConfigHandle,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if config
+        .current()
+        .config
+        .limits
+        .header_read_timeout_secs
+        .is_none()
+    {
+        return tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+    }
+    spawn_server_with_header_timeout(listener, app, config, shutdown)
+}
+
+/// Serves like `axum::serve`, with hyper's header read timeout on every connection. The
+/// timer costs about 1 µs per request, which measured as 5 % of the throughput of
+/// `GET /provider/config` (BENCHMARKS.md), so it is off unless configured.
+fn spawn_server_with_header_timeout<L>(
     mut listener: L,
     app: axum::Router,
     config: ConfigHandle,
@@ -175,31 +204,40 @@ where
     L: axum::serve::Listener,
 {
     tokio::spawn(async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = tokio_util::task::TaskTracker::new();
         loop {
             let io = tokio::select! {
                 (io, _) = listener.accept() => io,
                 () = shutdown.cancelled() => break,
             };
+            // Read for each connection, so a changed value applies to the next one.
             let header_timeout = config.current().config.limits.header_read_timeout_secs;
-            let mut builder = ConnectionBuilder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(header_timeout));
             let service = TowerToHyperService::new(app.clone());
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout.map(Duration::from_secs));
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                let mut connection = std::pin::pin!(connection);
+                // On shutdown the connection finishes its request in flight, then closes.
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(%error, "connection closed with an error");
                 }
             });
         }
         drop(listener);
-        graceful.shutdown().await;
+        connections.close();
+        connections.wait().await;
         Ok(())
     })
 }

@@ -39,6 +39,8 @@ pub struct EdgeOptions {
     pub poll_interval: Duration,
     /// Maximum wait for one reload to be seen.
     pub reload_timeout: Duration,
+    /// `limits.header_read_timeout_secs` of the daemon, unset when `None`.
+    pub header_read_timeout: Option<u64>,
 }
 
 /// Measurements of one `edge` run.
@@ -112,7 +114,7 @@ pub fn run(options: &EdgeOptions) -> anyhow::Result<EdgeResults> {
         .tempdir()
         .context("cannot create a temporary directory for the daemon's config")?;
     let config_path = workdir.path().join("config.yaml");
-    std::fs::write(&config_path, base_config())
+    std::fs::write(&config_path, base_config(options))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let mut daemon = process::start_daemon(&options.daemon, &config_path, workdir.path())?;
     let phases = run_phases(&runtime, options, &mut daemon, &config_path);
@@ -140,8 +142,12 @@ pub fn run(options: &EdgeOptions) -> anyhow::Result<EdgeResults> {
 }
 
 /// Config the daemon starts with. Each rename-save appends a `model` line to it.
-fn base_config() -> String {
-    format!("port: 0\napi_key: {API_KEY}\nlog:\n  level: info\n  format: json\n")
+fn base_config(options: &EdgeOptions) -> String {
+    let mut config = format!("port: 0\napi_key: {API_KEY}\nlog:\n  level: info\n  format: json\n");
+    if let Some(seconds) = options.header_read_timeout {
+        config.push_str(&format!("limits:\n  header_read_timeout_secs: {seconds}\n"));
+    }
+    config
 }
 
 struct Phases {
@@ -187,7 +193,7 @@ fn run_phases(
 
     let plan = |label| ReloadPlan {
         config_path: config_path.to_owned(),
-        base_config: base_config(),
+        base_config: base_config(options),
         saves: options.reloads,
         poll_interval: options.poll_interval,
         timeout: options.reload_timeout,

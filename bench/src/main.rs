@@ -160,6 +160,10 @@ struct EdgeArgs {
     /// Maximum wait for one reload to be seen before it counts as missed, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
     reload_timeout_ms: u64,
+    /// Sets the daemon's `limits.header_read_timeout_secs`, in seconds. Default: unset, as in
+    /// the daemon's own defaults.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_read_timeout: Option<u64>,
     /// goose-api binary to run. Default: `goose-api` in the directory of this binary.
     #[arg(long, value_name = "PATH")]
     daemon: Option<PathBuf>,
@@ -200,6 +204,7 @@ fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         reloads: usize::from(args.reloads),
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         reload_timeout: Duration::from_millis(args.reload_timeout_ms),
+        header_read_timeout: args.header_read_timeout,
     };
     let results = edge::run(&options)?;
     report::print(&options, &results);

@@ -35,6 +35,10 @@ fn render(options: &EdgeOptions, results: &EdgeResults) -> String {
             options.poll_interval.as_millis(),
             options.reload_timeout.as_millis(),
         ),
+        match options.header_read_timeout {
+            Some(seconds) => format!("goose-api header read timeout: {seconds} s."),
+            None => "goose-api header read timeout: unset.".to_owned(),
+        },
         String::new(),
         "| Measure | Result | Target | Met |".to_owned(),
         "|---|---|---|---|".to_owned(),

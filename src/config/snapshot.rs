@@ -333,6 +333,24 @@ fn keep_restart_only_settings(config: &mut Config, running: &Config) -> Vec<Pend
         )
     };
     check("tls", tls_paths(config), tls_paths(running));
+    // The server picks its connection loop at start, with a header read timeout or without
+    // one. So a new value of a set timeout applies live, but setting or unsetting it does not.
+    let header_timeout = |config: &Config| {
+        config
+            .limits
+            .header_read_timeout_secs
+            .map_or_else(|| "none".to_owned(), |secs| secs.to_string())
+    };
+    if config.limits.header_read_timeout_secs.is_some()
+        != running.limits.header_read_timeout_secs.is_some()
+    {
+        check(
+            "limits.header_read_timeout_secs",
+            header_timeout(config),
+            header_timeout(running),
+        );
+        config.limits.header_read_timeout_secs = running.limits.header_read_timeout_secs;
+    }
     // A password-only change of the store URL is invisible after redaction but still
     // needs a restart, so compare the full URL too.
     if config.store.url != running.store.url && !pending.iter().any(|p| p.key == "store.url") {

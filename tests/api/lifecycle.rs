@@ -171,7 +171,21 @@ fn start_slow_request(daemon: &Daemon, body: &str, first_part: usize) -> TcpStre
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_request() {
-    let mut daemon = Daemon::start(&config_with_key("")).await;
+    drain_in_flight_request(&config_with_key("")).await;
+}
+
+/// With a header read timeout the daemon serves through its own connection loop, which
+/// must drain the same way.
+#[tokio::test]
+async fn sigterm_drains_with_header_read_timeout() {
+    drain_in_flight_request(&config_with_key(
+        "limits:\n  header_read_timeout_secs: 10\n",
+    ))
+    .await;
+}
+
+async fn drain_in_flight_request(config: &str) {
+    let mut daemon = Daemon::start(config).await;
     let body = "{\"force\": false}";
     let mut stream = start_slow_request(&daemon, body, 5);
     tokio::time::sleep(Duration::from_millis(200)).await;
