@@ -162,8 +162,8 @@ fn tls_certs(
 }
 
 /// Serves `app` on `listener` until `shutdown`, then waits for the open connections to
-/// finish their requests. With `limits.header_read_timeout_secs` set at start, each
-/// connection gets that long to send a request's headers, which needs hyper's timer and so
+/// finish their requests. Unless `limits.header_read_timeout_secs` is 0 at start, each
+/// connection gets that long to send a request's headers. That needs hyper's timer and so
 /// a connection loop of our own, because `axum::serve` sets none.
 fn spawn_server<L>(
     listener: L,
@@ -175,13 +175,7 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    if config
-        .current()
-        .config
-        .limits
-        .header_read_timeout_secs
-        .is_none()
-    {
+    if config.current().config.limits.header_read_timeout_secs == 0 {
         return tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -192,8 +186,8 @@ where
 }
 
 /// Serves like `axum::serve`, with hyper's header read timeout on every connection. The
-/// timer costs about 1 µs per request, which measured as 5 % of the throughput of
-/// `GET /provider/config` (BENCHMARKS.md), so it is off unless configured.
+/// timer lowered the throughput of `GET /provider/config` by about 4 % in the edge
+/// benchmark (BENCHMARKS.md), which is why 0 switches back to `axum::serve`.
 fn spawn_server_with_header_timeout<L>(
     mut listener: L,
     app: axum::Router,
@@ -210,7 +204,8 @@ where
                 (io, _) = listener.accept() => io,
                 () = shutdown.cancelled() => break,
             };
-            // Read for each connection, so a changed value applies to the next one.
+            // Read for each connection, so a changed value applies to the next one. A reload
+            // cannot make it 0, because that needs a restart.
             let header_timeout = config.current().config.limits.header_read_timeout_secs;
             let service = TowerToHyperService::new(app.clone());
             let shutdown = shutdown.clone();
@@ -219,7 +214,7 @@ where
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout.map(Duration::from_secs));
+                    .header_read_timeout(Duration::from_secs(header_timeout));
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let mut connection = std::pin::pin!(connection);
                 // On shutdown the connection finishes its request in flight, then closes.

@@ -39,7 +39,7 @@ pub struct EdgeOptions {
     pub poll_interval: Duration,
     /// Maximum wait for one reload to be seen.
     pub reload_timeout: Duration,
-    /// `limits.header_read_timeout_secs` of the daemon, unset when `None`.
+    /// `limits.header_read_timeout_secs` of the daemon; `None` leaves its default.
     pub header_read_timeout: Option<u64>,
 }
 

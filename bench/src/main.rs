@@ -160,9 +160,9 @@ struct EdgeArgs {
     /// Maximum wait for one reload to be seen before it counts as missed, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
     reload_timeout_ms: u64,
-    /// Sets the daemon's `limits.header_read_timeout_secs`, in seconds. Default: unset, as in
-    /// the daemon's own defaults.
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Sets the daemon's `limits.header_read_timeout_secs`, in seconds; 0 turns the limit
+    /// off. Default: the daemon's own default.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     header_read_timeout: Option<u64>,
     /// goose-api binary to run. Default: `goose-api` in the directory of this binary.
     #[arg(long, value_name = "PATH")]

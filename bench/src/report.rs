@@ -36,8 +36,9 @@ fn render(options: &EdgeOptions, results: &EdgeResults) -> String {
             options.reload_timeout.as_millis(),
         ),
         match options.header_read_timeout {
+            Some(0) => "goose-api header read timeout: off.".to_owned(),
             Some(seconds) => format!("goose-api header read timeout: {seconds} s."),
-            None => "goose-api header read timeout: unset.".to_owned(),
+            None => "goose-api header read timeout: its default.".to_owned(),
         },
         String::new(),
         "| Measure | Result | Target | Met |".to_owned(),

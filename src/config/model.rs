@@ -17,6 +17,9 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 2 * 1024 * 1024;
 /// A non-streaming turn can run many provider and tool calls, so the default is generous.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+/// Seconds a client gets to send a request's headers, as in hyper's own default, so a
+/// connection that stops part-way through them is closed instead of held.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 /// Below the 30 s that Kubernetes and systemd wait between SIGTERM and SIGKILL by default.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 25;
 /// Matches the provider the original goose-api README uses in its examples.
@@ -304,10 +307,10 @@ pub struct LimitsConfig {
     /// Seconds a non-streaming request may take before it fails with 503.
     #[serde_as(as = "Lenient")]
     pub request_timeout_secs: u64,
-    /// Seconds a client may take to send the headers of a request before its connection is
-    /// closed; no limit when unset.
-    #[serde_as(as = "Option<Lenient>")]
-    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a connection may take to send a request's headers, counted from when it opens
+    /// or from its previous response, before it is closed. 0 turns the limit off.
+    #[serde_as(as = "Lenient")]
+    pub header_read_timeout_secs: u64,
     /// Requests per minute of each key; no rate limit when unset.
     #[serde_as(as = "Option<Lenient>")]
     pub requests_per_minute: Option<u32>,
@@ -328,7 +331,7 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
-            header_read_timeout_secs: None,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
             requests_per_minute: None,
             burst: None,
             max_concurrent_turns_per_key: None,

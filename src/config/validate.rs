@@ -343,12 +343,6 @@ fn validate_limits(config: &Config, problems: &mut Vec<Problem>) {
             "must be at least 1",
         ));
     }
-    if config.limits.header_read_timeout_secs == Some(0) {
-        problems.push(Problem::new(
-            "limits.header_read_timeout_secs",
-            "must be at least 1",
-        ));
-    }
 }
 
 /// Rejects zero rate and turn limits, which would refuse every request, and a burst

@@ -189,7 +189,7 @@ async fn restart_only_setting_keeps_running_value() {
     let edited = with_model("second")
         .replace("port: 0", "port: 1")
         .replace("format: json", "format: json\n  level: debug")
-        + "limits:\n  header_read_timeout_secs: 5\n";
+        + "limits:\n  header_read_timeout_secs: 0\n";
     rename_save(&daemon.path("config.yaml"), &edited);
     daemon.wait_for_model("second").await;
     let status = daemon.config_status().await;
@@ -201,8 +201,8 @@ async fn restart_only_setting_keeps_running_value() {
     assert_eq!(pending[0]["key"], "port");
     assert_eq!(pending[0]["configured"], "1");
     assert_eq!(pending[1]["key"], "limits.header_read_timeout_secs");
-    assert_eq!(pending[1]["running"], "none");
-    assert_eq!(pending[1]["configured"], "5");
+    assert_eq!(pending[1]["running"], "30");
+    assert_eq!(pending[1]["configured"], "0");
     assert_eq!(
         daemon.get("/health", ADMIN_KEY).await.status(),
         reqwest::StatusCode::OK
