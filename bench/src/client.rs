@@ -16,6 +16,30 @@ use tokio::net::TcpStream;
 /// Header that carries the daemon's API key.
 const API_KEY_HEADER: &str = "x-api-key";
 
+/// Opens a keep-alive HTTP/1.1 connection to `address` with TCP_NODELAY and returns its
+/// request sender. The connection runs on a task of its own, so a connection that breaks
+/// fails the next request sent on it.
+pub async fn open_http1<B>(address: SocketAddr) -> anyhow::Result<SendRequest<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("cannot connect to {address}"))?;
+    stream
+        .set_nodelay(true)
+        .context("while setting TCP_NODELAY")?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP/1.1 handshake with {address} failed"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 /// One connection to the daemon.
 #[derive(Debug)]
 pub struct ApiClient {
@@ -27,21 +51,8 @@ pub struct ApiClient {
 impl ApiClient {
     /// Connects with TCP_NODELAY and completes the HTTP/1.1 handshake.
     pub async fn connect(address: SocketAddr, api_key: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(address)
-            .await
-            .with_context(|| format!("cannot connect to {address}"))?;
-        stream
-            .set_nodelay(true)
-            .context("while setting TCP_NODELAY")?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {address} failed"))?;
-        // A connection that breaks also fails the next request, which reports the error.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         Ok(Self {
-            sender,
+            sender: open_http1(address).await?,
             host: HeaderValue::from_str(&address.to_string())
                 .with_context(|| format!("invalid Host header value {address}"))?,
             api_key: HeaderValue::from_str(api_key)

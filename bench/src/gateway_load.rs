@@ -13,10 +13,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use crate::client::open_http1;
 use crate::load::{MAX_FAILURE_SAMPLES, REQUEST_TIMEOUT};
 use crate::stats::Latencies;
 
@@ -68,20 +67,9 @@ pub struct Caller {
 impl Caller {
     /// Connects with TCP_NODELAY and completes the HTTP/1.1 handshake.
     pub async fn open(address: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(address)
-            .await
-            .with_context(|| format!("cannot connect to {address}"))?;
-        stream
-            .set_nodelay(true)
-            .context("while setting TCP_NODELAY")?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {address} failed"))?;
-        // A connection that breaks also fails the next request, which records the error.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Self { sender })
+        Ok(Self {
+            sender: open_http1(address).await?,
+        })
     }
 
     /// Sends the route's request and reads the whole body. Returns an error that describes

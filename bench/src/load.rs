@@ -12,10 +12,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HOST, HeaderValue};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use crate::client::open_http1;
 use crate::stats::Latencies;
 
 /// Path that both the daemon and the bare server serve.
@@ -62,20 +61,9 @@ pub struct Connection {
 impl Connection {
     /// Connects with TCP_NODELAY and completes the HTTP/1.1 handshake.
     pub async fn open(address: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(address)
-            .await
-            .with_context(|| format!("cannot connect to {address}"))?;
-        stream
-            .set_nodelay(true)
-            .context("while setting TCP_NODELAY")?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {address} failed"))?;
-        // A connection that breaks also fails the next request, which records the error.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Self { sender })
+        Ok(Self {
+            sender: open_http1(address).await?,
+        })
     }
 
     /// Sends the target's GET and reads the whole body, so that the connection is free for
