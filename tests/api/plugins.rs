@@ -166,6 +166,12 @@ async fn plugins_load_list_and_call() {
     .await;
     let demo = daemon.wait_running("demo").await;
     let calc = daemon.wait_running("calc").await;
+    // The daemon runs with an empty environment, so its temporary directory is /tmp.
+    let copies = format!("/tmp/goose-api-plugins-{}", daemon.child_id());
+    assert!(
+        !std::path::Path::new(&copies).exists(),
+        "{copies} is left after loading"
+    );
 
     assert_eq!(demo["type"], "plugin");
     assert_eq!(demo["source"], "directory");

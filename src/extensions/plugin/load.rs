@@ -237,19 +237,26 @@ fn private_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Writes `bytes` to `<private dir>/<sha256>.so`, opens it and deletes the file again: the
-/// mapping keeps the code, and no copy is left behind if the daemon is killed.
+/// Writes `bytes` to `<private dir>/<sha256>.so`, opens it and deletes the file and the
+/// directory again: the mapping keeps the code, and no copy is left behind if the daemon is
+/// killed.
 fn open_private_copy(sha256: &str, bytes: &[u8]) -> Result<super::library::Opened, String> {
-    let dir = private_dir()?;
-    let copy = dir.join(format!("{sha256}.so"));
+    // Held from creating the directory to removing it, so no other load sees it vanish.
     let _guard = COPY_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    write_copy(&copy, bytes)
-        .map_err(|error| format!("cannot write the private copy {}: {error}", copy.display()))?;
-    let opened = PluginLibrary::open(&copy);
-    if let Err(error) = std::fs::remove_file(&copy) {
+    let dir = private_dir()?;
+    let copy = dir.join(format!("{sha256}.so"));
+    let written = write_copy(&copy, bytes)
+        .map_err(|error| format!("cannot write the private copy {}: {error}", copy.display()));
+    let opened = written.and_then(|()| PluginLibrary::open(&copy));
+    if let Err(error) = std::fs::remove_file(&copy)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
         tracing::warn!(path = %copy.display(), %error, "cannot delete a plugin's private copy");
+    }
+    if let Err(error) = std::fs::remove_dir(&dir) {
+        tracing::warn!(path = %dir.display(), %error, "cannot delete the directory of plugin copies");
     }
     opened
 }
