@@ -455,6 +455,16 @@ fn resident_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Returns the distinct files under a `goose-api-plugins-` directory that `pid` has mapped.
+fn mapped_plugin_copies(pid: i32) -> std::collections::BTreeSet<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.contains("goose-api-plugins-"))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test]
 async fn hundred_swaps_keep_serving() {
     const CYCLES: usize = 100;
@@ -479,6 +489,15 @@ async fn hundred_swaps_keep_serving() {
     let status = daemon.extension("demo").await;
     assert_eq!(status["state"], "running");
     assert_eq!(status["plugin"]["loaded_versions"], 1, "{status}");
+
+    // Ten versions with contents of their own, so each gets a private copy of its own: once
+    // replaced and idle, a version must be unmapped, not only dropped from the registry.
+    for letter in b'C'..=b'L' {
+        install_by_rename(&library, &demo_version(letter));
+        wait_marker(&daemon, &marker(char::from(letter))).await;
+    }
+    let mapped = mapped_plugin_copies(daemon.pid());
+    assert_eq!(mapped.len(), 1, "copies still mapped: {mapped:?}");
     eprintln!(
         "{CYCLES} plugin swaps: resident memory {before} KiB before, {after} KiB after, growth \
          {} KiB",
