@@ -91,6 +91,11 @@ impl KeyTable {
     /// Every entry is compared, in constant time, whether or not an earlier one matched, so
     /// the response time does not reveal which key or how much of it was right.
     pub fn authenticate(&self, presented: &str) -> Option<Caller> {
+        // Validation rejects a configured digest of the empty key, and this check keeps an
+        // empty header from matching one all the same.
+        if presented.is_empty() {
+            return None;
+        }
         let digest = sha256(presented);
         let mut found = None;
         for entry in &self.entries {
@@ -175,6 +180,15 @@ mod tests {
         assert_eq!(name_of("bob-key-0123456789").as_deref(), Some("bob"));
         assert_eq!(name_of("alice-key-012345678"), None);
         assert_eq!(name_of(""), None);
+    }
+
+    #[test]
+    fn empty_key_is_never_accepted() {
+        let mut config = config_with_keys();
+        config.api_keys[0].key = None;
+        config.api_keys[0].key_sha256 = Some(Secret::new(hex::encode(sha256(""))));
+        let table = KeyTable::build(&config, None);
+        assert!(table.authenticate("").is_none());
     }
 
     #[test]

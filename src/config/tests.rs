@@ -287,6 +287,29 @@ fn shared_key_value_is_rejected() {
 }
 
 #[test]
+fn empty_key_digest_and_control_names_are_rejected() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let empty_digest = hex::encode(keys::sha256(""));
+    let text = format!(
+        "api_keys:\n  \
+         - {{name: unset, key_sha256: {empty_digest}, role: admin}}\n  \
+         - {{name: \"two\\nlines\", key: bob-key-0123456789, role: user}}\n"
+    );
+    std::fs::write(dir.path().join("config.yaml"), text).expect("write config");
+    let error = load(&sources_in(dir.path(), &[])).expect_err("two problems");
+    let message = error.to_string();
+    assert_eq!(error.problems.len(), 2, "{message}");
+    assert!(
+        message.contains("api_keys[0].key_sha256") && message.contains("empty key"),
+        "{message}"
+    );
+    assert!(
+        message.contains("api_keys[1].name") && message.contains("control characters"),
+        "{message}"
+    );
+}
+
+#[test]
 fn malformed_json_variable_names_json() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let value = r#"[{"name": "a", "key": "ENVSECRET-0123456789abcdef", "role": "admin""#;

@@ -115,6 +115,12 @@ fn validate_keys(config: &Config, problems: &mut Vec<Problem>) {
         }
         if entry.name.trim().is_empty() {
             problems.push(Problem::new(format!("{at}.name"), "must not be empty"));
+        } else if entry.name.chars().any(char::is_control) {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                "must not contain control characters such as line breaks, because the name \
+                 appears in logs and as the owner of sessions",
+            ));
         } else if !names.insert(entry.name.clone()) {
             problems.push(Problem::new(
                 format!("{at}.name"),
@@ -133,6 +139,13 @@ fn validate_keys(config: &Config, problems: &mut Vec<Problem>) {
                     problems.push(Problem::new(
                         format!("{at}.key_sha256"),
                         "must be 64 hex digits, as printed by `printf %s KEY | sha256sum`",
+                    ));
+                } else if super::keys::decode_digest(digest.expose()) == super::keys::sha256("") {
+                    problems.push(Problem::new(
+                        format!("{at}.key_sha256"),
+                        "is the SHA-256 of an empty key, which would let an empty x-api-key \
+                         header in; hash the key itself, and check that the variable \
+                         holding it was set",
                     ));
                 }
             }
