@@ -15,9 +15,20 @@ pub struct LogLevelHandle {
     filter: reload::Handle<EnvFilter, Registry>,
 }
 
+/// Builds the filter for `log.level`, with the genai crate's own events off unless the level
+/// names `genai`. genai logs provider error bodies as they are, and a provider may repeat
+/// the request's key or headers there; the daemon logs those failures itself, redacted.
+fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    if level.contains("genai") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("genai=off".parse()?))
+}
+
 /// Installs the global subscriber; call once, from `main`.
 pub fn init(log: &LogConfig) -> anyhow::Result<LogLevelHandle> {
-    let filter = EnvFilter::try_new(&log.level)
+    let filter = log_filter(&log.level)
         .with_context(|| format!("while parsing log.level {:?}", log.level))?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -63,12 +74,25 @@ impl LogLevelHandle {
 
     fn apply(&self, level: &str) {
         // Validation already parsed this filter, so failure here is not expected.
-        match EnvFilter::try_new(level) {
+        match log_filter(level) {
             Ok(filter) => match self.filter.reload(filter) {
                 Ok(()) => tracing::info!(level, "log level changed"),
                 Err(error) => tracing::error!(%error, "cannot change the log level"),
             },
             Err(error) => tracing::error!(%error, level, "invalid log level"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genai_events_are_off_unless_named() {
+        let filter = log_filter("debug").expect("valid filter");
+        assert!(filter.to_string().contains("genai=off"), "{filter}");
+        let filter = log_filter("info,genai=debug").expect("valid filter");
+        assert!(!filter.to_string().contains("genai=off"), "{filter}");
     }
 }

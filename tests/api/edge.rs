@@ -383,3 +383,63 @@ async fn partial_headers_close_connection() {
         StatusCode::OK
     );
 }
+
+/// Starts a provider on 127.0.0.1 that answers every request with 400 and a body that
+/// repeats the request's headers, as some providers do with a bad request.
+async fn echoing_provider() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the provider");
+    let addr = listener.local_addr().expect("provider address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0; 64 * 1024];
+                let read = stream.read(&mut request).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&request[..read]).replace('"', "'");
+                let head = head.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+                let body = serde_json::json!({"error": {"message": format!("bad request {head}")}})
+                    .to_string();
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn provider_secrets_stay_out_of_logs() {
+    let provider = echoing_provider().await;
+    let config = config_with_key(&format!(
+        "provider: echo\nmodel: m\nproviders:\n  echo:\n    kind: openai\n    \
+         base_url: http://{provider}/v1\n    api_key: sk-provider-secret-0123\n    \
+         max_retries: 0\n    headers:\n      x-org: header-secret-4567\n"
+    ))
+    .replace("format: json", "format: json\n  level: debug");
+    let daemon = Daemon::start(&config).await;
+    let (status, body) = daemon
+        .post_value(
+            "/session/start",
+            ADMIN_KEY,
+            serde_json::json!({"prompt": "hi"}),
+        )
+        .await;
+    assert!(status.is_server_error(), "{status} {body}");
+    let shown = body.to_string();
+    assert!(shown.contains("bad request"), "{shown}");
+    assert!(!shown.contains("sk-provider-secret"), "{shown}");
+    assert!(!shown.contains("header-secret"), "{shown}");
+    let logs = daemon.stderr_text();
+    assert!(
+        logs.contains("bad request"),
+        "the failure is logged: {logs}"
+    );
+    assert!(!logs.contains("sk-provider-secret"), "{logs}");
+    assert!(!logs.contains("header-secret"), "{logs}");
+}
