@@ -189,6 +189,27 @@ extensions:
 }
 
 #[test]
+fn provider_url_with_credentials_or_query_is_rejected() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let yaml = "providers:\n  \
+                a:\n    kind: openai\n    base_url: https://user:pw-secret-1@example.test/v1\n  \
+                b:\n    kind: openai\n    base_url: https://example.test/v1?key=query-secret-2\n";
+    std::fs::write(dir.path().join("config.yaml"), yaml).expect("write config");
+    let error = load(&sources_in(dir.path(), &[])).expect_err("invalid");
+    let message = error.to_string();
+    let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["providers.a.base_url", "providers.b.base_url"],
+        "{message}"
+    );
+    assert!(message.contains("user name or password"), "{message}");
+    assert!(message.contains("query string"), "{message}");
+    assert!(!message.contains("pw-secret-1"), "{message}");
+    assert!(!message.contains("query-secret-2"), "{message}");
+}
+
+#[test]
 fn shipped_example_config_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("config.example.yaml")).expect("read example");

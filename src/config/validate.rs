@@ -195,6 +195,7 @@ fn validate_providers(config: &Config, problems: &mut Vec<Problem>) {
         }
         if let Some(base_url) = &provider.base_url {
             check_http_url(&format!("{at}.base_url"), base_url, problems);
+            check_provider_url_parts(&format!("{at}.base_url"), base_url, problems);
         }
         check_headers(&format!("{at}.headers"), &provider.headers, problems);
         let timeouts = [
@@ -482,6 +483,29 @@ fn check_http_url(at: &str, value: &str, problems: &mut Vec<Problem>) {
         problems.push(Problem::new(
             at,
             format!("invalid URL {value:?}; use an http:// or https:// URL"),
+        ));
+    }
+}
+
+/// Rejects credentials and a query in a provider's base URL. The URL appears in status and
+/// error output, where a credential must not, and request paths are appended to it, which
+/// would land after a query.
+fn check_provider_url_parts(at: &str, value: &str, problems: &mut Vec<Problem>) {
+    let Ok(url) = url::Url::parse(value) else {
+        return;
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        problems.push(Problem::new(
+            at,
+            "must not contain a user name or password; put the credential in api_key or \
+             headers of this provider",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        problems.push(Problem::new(
+            at,
+            "must not contain a query string or fragment, because request paths are appended \
+             to the URL; put a key in api_key or headers of this provider",
         ));
     }
 }
