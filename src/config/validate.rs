@@ -219,6 +219,10 @@ fn validate_providers(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Longest extension name. The name prefixes each of its tools, and providers such as
+/// OpenAI accept function names of up to 64 characters; it is also the manifest's file name.
+pub const MAX_EXTENSION_NAME_CHARS: usize = 64;
+
 /// Checks one extension definition; `at` is the key path used in messages.
 pub fn validate_extension(
     at: &str,
@@ -236,6 +240,15 @@ pub fn validate_extension(
             format!(
                 "invalid extension name {name:?}; use letters, digits, `-` and single `_`, \
                  because `__` separates extension and tool names"
+            ),
+        ));
+    } else if name.len() > MAX_EXTENSION_NAME_CHARS {
+        problems.push(Problem::new(
+            at,
+            format!(
+                "extension name of {} characters is too long; use at most \
+                 {MAX_EXTENSION_NAME_CHARS}",
+                name.len()
             ),
         ));
     }

@@ -421,3 +421,20 @@ async fn http_errors_hide_url_query_and_userinfo() {
     assert!(!logs.contains("QSECRET"), "{logs}");
     assert!(!logs.contains("USERSECRET"), "{logs}");
 }
+
+#[tokio::test]
+async fn api_rejects_long_extension_name() {
+    let config = config_with_key("extensions_allow_api_changes: true\n");
+    let daemon = Daemon::launch(launch(&config)).await;
+    let name = "n".repeat(250);
+    let body = json!({"type": "stdio", "name": name, "cmd": rust_server()});
+    let (status, error) = daemon.post_value("/extensions/add", ADMIN_KEY, body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too long"), "{message}");
+    assert!(message.contains("at most 64"), "{message}");
+    assert_eq!(
+        daemon.get("/health", ADMIN_KEY).await.status(),
+        StatusCode::OK
+    );
+}
