@@ -173,24 +173,32 @@ pub async fn config_reload(
         .map_err(|error| ApiError::Internal(error.into()))?;
     let label = match outcome {
         ReloadOutcome::Applied { .. } => "applied",
-        ReloadOutcome::Unchanged => "unchanged",
+        // The file is the one the last attempt rejected, so its problems still stand.
+        ReloadOutcome::Unchanged => match state.config.status().last_error {
+            Some(problems) => return Err(invalid_config(&problems)),
+            None => "unchanged",
+        },
         ReloadOutcome::NoFile => "no_file",
         ReloadOutcome::Empty => "empty",
         ReloadOutcome::Rejected(problems) => {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(ApiError::Unprocessable {
-                message: format!(
-                    "the config file is invalid and the previous config stays in use: {}",
-                    list.join("; ")
-                ),
-                code: "invalid_config",
-            });
+            return Err(invalid_config(&list));
         }
     };
     Ok(Json(ReloadResponse {
         outcome: label,
         generation: state.config.current().generation,
     }))
+}
+
+fn invalid_config(problems: &[String]) -> ApiError {
+    ApiError::Unprocessable {
+        message: format!(
+            "the config file is invalid and the previous config stays in use: {}",
+            problems.join("; ")
+        ),
+        code: "invalid_config",
+    }
 }
 
 /// Fallback for paths no route matches.

@@ -160,6 +160,14 @@ async fn invalid_edit_keeps_old_config_until_fixed() {
         logs.contains("\"level\":\"ERROR\"") && logs.contains("max_body_bytez"),
         "{logs}"
     );
+    // A reload request for the same invalid file reports its problems, not "unchanged".
+    let (status, body) = daemon
+        .post_value("/config/reload", ADMIN_KEY, serde_json::json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "invalid_config", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("limits.max_body_bytez"), "{message}");
 
     rename_save(&daemon.path("config.yaml"), &with_model("third"));
     daemon.wait_for_model("third").await;
