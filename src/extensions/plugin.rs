@@ -10,6 +10,6 @@ mod library;
 mod load;
 mod supervisor;
 
-pub use call::call_tool;
+pub use call::{MAX_HUNG_CALLS, call_tool};
 pub use load::PluginVersion;
 pub use supervisor::supervise;

@@ -52,6 +52,18 @@ impl ToolSource for Registry {
             let peer = match endpoint {
                 Endpoint::Plugin(version) => {
                     let hung = slot.hung_calls.clone();
+                    // Each hung call keeps a thread, so their number is capped.
+                    let hung_now = hung.load(std::sync::atomic::Ordering::Acquire);
+                    if hung_now >= plugin::MAX_HUNG_CALLS {
+                        return Err(ToolError::Unavailable {
+                            extension: extension.to_owned(),
+                            reason: format!(
+                                "{hung_now} of its calls still run after their timeout, and \
+                                 new calls wait until they return; replace the plugin with a \
+                                 fixed version, or restart the daemon"
+                            ),
+                        });
+                    }
                     return plugin::call_tool(version, hung, tool, arguments, limit, cancel).await;
                 }
                 Endpoint::Mcp(peer) => peer,

@@ -429,7 +429,7 @@ async fn hung_call_times_out_and_is_counted() {
     let release = daemon.path("release-hung");
     let arguments = json!({"path": release, "max_millis": 60_000});
     let (status, body) = daemon
-        .call_tool("slowdemo", "wait_for_file", arguments)
+        .call_tool("slowdemo", "wait_for_file", arguments.clone())
         .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     let during = daemon.extension("slowdemo").await;
@@ -438,10 +438,40 @@ async fn hung_call_times_out_and_is_counted() {
         .call_text("slowdemo", "echo", json!({"text": "still serving"}))
         .await;
     assert_eq!(echoed, "still serving");
-    std::fs::write(&release, "").expect("release the hung call");
+
+    // Up to the daemon's limit of 32 hung calls, each keeping a thread; then new calls
+    // are rejected until the hung ones return.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 1..32 {
+        let request = daemon
+            .http
+            .post(daemon.url("/extensions/slowdemo/tools/wait_for_file"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&arguments);
+        calls.spawn(async move { request.send().await.map(|response| response.status()) });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let status = joined.expect("call task").expect("call response");
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let during = daemon.extension("slowdemo").await;
+    assert_eq!(during["hung_calls"], 32, "{during}");
+    let (status, body) = daemon
+        .call_tool("slowdemo", "echo", json!({"text": "one more"}))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("slowdemo"), "{message}");
+    assert!(message.contains("32 of its calls"), "{message}");
+
+    std::fs::write(&release, "").expect("release the hung calls");
     daemon
         .wait_extension("slowdemo", |status| status["hung_calls"] == 0)
         .await;
+    let echoed = daemon
+        .call_text("slowdemo", "echo", json!({"text": "serving again"}))
+        .await;
+    assert_eq!(echoed, "serving again");
 }
 
 /// Resident memory of process `pid` in KiB, from `/proc`.

@@ -32,6 +32,10 @@ struct ReplyError {
     message: String,
 }
 
+/// Calls that outlived their timeout and still run, per plugin extension, above which new
+/// calls are rejected. Each holds a thread that cannot be stopped.
+pub const MAX_HUNG_CALLS: u64 = 32;
+
 /// Calls `tool` of `version`, waiting at most `limit`. `hung` counts the calls that
 /// timed out or were cancelled and whose thread still runs.
 pub async fn call_tool(
