@@ -17,7 +17,8 @@ pub const PREFIX: &str = "GOOSE_API_";
 const TEST_PREFIX: &str = "GOOSE_API_TEST_";
 /// Variables that a daemon sets on its stdio extension servers to mark their owner. A daemon
 /// that runs as such a server, or under one, must not read them as config keys.
-pub const SERVER_MARKERS: [&str; 2] = ["GOOSE_API_OWNER", "GOOSE_API_EXTENSION"];
+pub const SERVER_MARKERS: [&str; 3] =
+    ["GOOSE_API_OWNER", "GOOSE_API_EXTENSION", "GOOSE_API_SERVER"];
 /// The original goose-api README sets `api_key` through this name.
 const API_KEY_ALIAS: &str = "GOOSE_API_KEY";
 

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub const OWNER_VAR: &str = crate::config::SERVER_MARKERS[0];
 /// Variable that names the extension a server process belongs to, for the log.
 pub const EXTENSION_VAR: &str = crate::config::SERVER_MARKERS[1];
+/// Variable that numbers each server process this daemon starts, so that the processes one
+/// server left outside its process group can be distinguished from those of its successor.
+pub const SERVER_VAR: &str = crate::config::SERVER_MARKERS[2];
 
 /// Interval between sweeps after the first, so that the orphans of a replica that died
 /// on the same host are stopped within about a minute.
@@ -90,14 +93,44 @@ impl Owner {
 
 /// Returns the environment variables that mark a server process of `extension` as owned
 /// by this daemon. Empty when `/proc` cannot be read, and then no sweep runs either.
-pub fn marker_env(extension: &str) -> Vec<(&'static str, String)> {
+pub fn marker_env(extension: &str, server: u64) -> Vec<(&'static str, String)> {
     match Owner::current() {
         Some(owner) => vec![
             (OWNER_VAR, owner.marker()),
             (EXTENSION_VAR, extension.to_owned()),
+            (SERVER_VAR, server.to_string()),
         ],
         None => Vec::new(),
     }
+}
+
+/// Stops the live processes that carry this daemon's marker and, when `server` is set, that
+/// server's number: processes that left their server's process group, for example with
+/// `setsid`, so that stopping the group missed them. Blocks for up to twice [`GRACE`] in
+/// each of up to [`MAX_SCANS`] rounds.
+/// Returns how many were signalled. A process that cleared its environment is not found.
+pub fn stop_escaped(server: Option<u64>) -> usize {
+    let Some(current) = Owner::current() else {
+        return 0;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    let select = |pid: i32| {
+        let candidate = own_process(pid, uid, &current)?;
+        let matches = server.is_none_or(|server| candidate.server == Some(server));
+        matches.then_some(candidate.process)
+    };
+    let mut stopped = 0;
+    for _ in 0..MAX_SCANS {
+        let found = scan_with(current.pid, select);
+        if found.is_empty() {
+            break;
+        }
+        stopped += stop(
+            &found,
+            "stopping a process that left its extension server's group",
+        );
+    }
+    stopped
 }
 
 /// Starts a task that sweeps at once and then every [`SWEEP_INTERVAL`] until `shutdown`
@@ -135,7 +168,10 @@ fn sweep() -> usize {
         if orphans.is_empty() {
             break;
         }
-        stopped += stop(&orphans);
+        stopped += stop(
+            &orphans,
+            "stopping a process of an extension server whose daemon exited",
+        );
     }
     stopped
 }
@@ -155,16 +191,52 @@ fn scan() -> Vec<Orphan> {
     let Some(current) = Owner::current() else {
         return Vec::new();
     };
+    let uid = nix::unistd::geteuid().as_raw();
+    scan_with(current.pid, |pid| orphan(pid, uid, &current))
+}
+
+/// Returns what `select` returns for each process in `/proc` other than `own_pid`.
+fn scan_with(own_pid: i32, select: impl Fn(i32) -> Option<Orphan>) -> Vec<Orphan> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let uid = nix::unistd::geteuid().as_raw();
     entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != current.pid)
-        .filter_map(|pid| orphan(pid, uid, &current))
+        .filter(|&pid| pid != own_pid)
+        .filter_map(select)
         .collect()
+}
+
+/// A live process that carries the marker of this daemon.
+struct OwnProcess {
+    process: Orphan,
+    server: Option<u64>,
+}
+
+/// Returns process `pid` if it belongs to `uid`, is alive and its marker names `current`.
+fn own_process(pid: i32, uid: u32, current: &Owner) -> Option<OwnProcess> {
+    let metadata = std::fs::metadata(format!("/proc/{pid}")).ok()?;
+    if metadata.uid() != uid {
+        return None;
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    if Owner::parse(&variable(&environ, OWNER_VAR)?)? != *current {
+        return None;
+    }
+    let (state, start_ticks) = process_state(pid)?;
+    if is_dead_state(state) {
+        return None;
+    }
+    Some(OwnProcess {
+        process: Orphan {
+            pid,
+            start_ticks,
+            extension: variable(&environ, EXTENSION_VAR).unwrap_or_default(),
+            owner_pid: current.pid,
+        },
+        server: variable(&environ, SERVER_VAR).and_then(|value| value.parse().ok()),
+    })
 }
 
 /// Returns process `pid` as an orphan if it belongs to `uid` and its marker names a dead
@@ -194,8 +266,8 @@ fn orphan(pid: i32, uid: u32, current: &Owner) -> Option<Orphan> {
 }
 
 /// Sends SIGTERM to each orphan, waits up to [`GRACE`], and sends SIGKILL to those left.
-/// Returns how many were signalled.
-fn stop(orphans: &[Orphan]) -> usize {
+/// Logs `message` for each. Returns how many were signalled.
+fn stop(orphans: &[Orphan], message: &str) -> usize {
     // A pidfd keeps naming the process it was opened for, so no signal can reach a
     // process that reused the id after the scan.
     let targets: Vec<(&Orphan, OwnedFd)> = orphans
@@ -207,7 +279,7 @@ fn stop(orphans: &[Orphan]) -> usize {
             extension = %orphan.extension,
             pid = orphan.pid,
             owner_pid = orphan.owner_pid,
-            "stopping a process of an extension server whose daemon exited"
+            "{message}"
         );
         send(orphan, pidfd, Signal::TERM);
     }
@@ -223,7 +295,7 @@ fn stop(orphans: &[Orphan]) -> usize {
             }
         }
         if !wait_gone(&targets) {
-            tracing::error!("processes left by an earlier daemon survived SIGKILL");
+            tracing::error!("processes of extension servers survived SIGKILL");
         }
     }
     targets.len()
@@ -377,7 +449,7 @@ mod tests {
         assert_eq!(found[0].pid, pid_of(&orphaned));
         assert_eq!(found[0].extension, "test-extension");
 
-        assert_eq!(stop(&found), 1);
+        assert_eq!(stop(&found, "stopping a test orphan"), 1);
         let status = orphaned.wait().expect("reap the orphan");
         assert_eq!(
             status.signal(),

@@ -3,6 +3,7 @@
 //! then signalling the whole group, then reaping.
 
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Interval between checks whether a signalled process group is gone.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Number of the next server process, unique within this daemon, set in its marker.
+static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
+
 /// A running stdio server and the task draining its stderr.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -30,6 +34,8 @@ pub struct ServerProcess {
     exit: Option<ExitStatus>,
     stderr_task: Option<JoinHandle<()>>,
     record: GroupRecord,
+    /// Number in the process's marker, which its children inherit.
+    server: u64,
 }
 
 /// The process group of an extension's current stdio server, shared by its
@@ -69,8 +75,9 @@ pub fn spawn(
         command.current_dir(cwd);
     }
     // Set last, so that no `envs` entry can replace the marker.
+    let server = NEXT_SERVER.fetch_add(1, Ordering::Relaxed);
     #[cfg(target_os = "linux")]
-    command.envs(super::orphans::marker_env(extension));
+    command.envs(super::orphans::marker_env(extension, server));
     let mut child = command.spawn()?;
     tail.clear();
     let missing = || std::io::Error::other("child pipes were not created");
@@ -88,6 +95,7 @@ pub fn spawn(
         exit: None,
         stderr_task: Some(stderr_task),
         record,
+        server,
     };
     Ok((process, stdout, stdin))
 }
@@ -132,6 +140,7 @@ impl ServerProcess {
         if status.is_none() {
             status = self.exited().await.ok();
         }
+        self.stop_escaped().await;
         if let Some(task) = self.stderr_task.take() {
             // Every writer of the pipe is gone, so the drain ends at once unless a process
             // outside the group inherited the pipe.
@@ -142,6 +151,26 @@ impl ServerProcess {
         self.record.clear();
         tracing::debug!(extension = %self.extension, status = ?status, "MCP server process reaped");
         status
+    }
+
+    /// Stops the processes of this server that left its process group, as a daemon started
+    /// with `setsid` does, by the marker they inherited.
+    async fn stop_escaped(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let server = self.server;
+            let stopped =
+                tokio::task::spawn_blocking(move || super::orphans::stop_escaped(Some(server)))
+                    .await
+                    .unwrap_or(0);
+            if stopped > 0 {
+                tracing::warn!(
+                    extension = %self.extension,
+                    stopped,
+                    "stopped processes that the server had moved out of its process group"
+                );
+            }
+        }
     }
 
     fn set_exit(&mut self, status: ExitStatus) {

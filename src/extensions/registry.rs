@@ -85,11 +85,29 @@ impl Registry {
         self.request(Command::Reconcile).await;
     }
 
-    /// Stops every server and reaps its processes. Supervisors still running after `limit`
-    /// are aborted, and the process groups of their stdio servers killed and reaped, so
-    /// this returns at most about 8 s after `limit`.
+    /// Stops every server and reaps its processes, then the processes that left a server's
+    /// group. Supervisors still running after `limit` are aborted, and the process groups
+    /// of their stdio servers killed and reaped, within about 8 s after `limit`. Stopping
+    /// the processes that left takes up to 4 s more in each of three rounds.
     pub async fn shutdown(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
+        self.stop_servers(deadline).await;
+        // Processes that left their server's process group carry the daemon's marker.
+        #[cfg(target_os = "linux")]
+        {
+            let stopped = tokio::task::spawn_blocking(|| super::orphans::stop_escaped(None))
+                .await
+                .unwrap_or(0);
+            if stopped > 0 {
+                tracing::warn!(
+                    stopped,
+                    "stopped processes that extension servers had moved out of their groups"
+                );
+            }
+        }
+    }
+
+    async fn stop_servers(&self, deadline: Instant) {
         let stopped = self.request(|ack| Command::Shutdown { ack, deadline });
         // The loop itself aborts and reaps within 2 × ABORT_GRACE after the deadline, but
         // it may still be busy with a reconcile.

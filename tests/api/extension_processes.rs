@@ -345,3 +345,70 @@ async fn shutdown_stops_wrapper_and_its_group() {
     wait_group_gone(group).await;
     assert!(daemon.stderr_text().contains("all extensions stopped"));
 }
+
+/// Returns a server command that first starts `sleep 1000` in a session of its own, which
+/// leaves the server's process group, and writes that process's id to `pid_file`.
+fn escaping_server(pid_file: &std::path::Path) -> String {
+    format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 1000' & exec {}",
+        pid_file.display(),
+        rust_server()
+    )
+}
+
+/// Waits until `pid_file` names a live process and returns its id, which is also its
+/// process group's id.
+async fn escaped_process(pid_file: &std::path::Path) -> i32 {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(pid_file).unwrap_or_default();
+        if let Ok(pid) = text.trim().parse::<i32>()
+            && group_alive(pid)
+        {
+            return pid;
+        }
+        assert!(
+            started.elapsed() < crate::helpers::WAIT,
+            "{} names no live process: {text:?}",
+            pid_file.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn removal_stops_process_that_left_group() {
+    let daemon = Daemon::launch(launch(&config_with_key(""))).await;
+    std::fs::create_dir_all(daemon.path("extensions")).unwrap();
+    let pid_file = daemon.path("escaped.pid");
+    let manifest = daemon.path("extensions/escaping.yaml");
+    let command = escaping_server(&pid_file);
+    rename_save(&manifest, &stdio_manifest("sh", &["-c", &command], ""));
+    daemon.wait_running("escaping").await;
+    let escaped = escaped_process(&pid_file).await;
+
+    std::fs::remove_file(&manifest).unwrap();
+    daemon.wait_extension("escaping", Value::is_null).await;
+    wait_group_gone(escaped).await;
+    let logs = daemon.stderr_text();
+    assert!(logs.contains("moved out of its process group"), "{logs}");
+}
+
+#[tokio::test]
+async fn shutdown_stops_process_that_left_group() {
+    let mut daemon = Daemon::launch(launch(&config_with_key(""))).await;
+    let pid_file = daemon.path("escaped.pid");
+    let command = escaping_server(&pid_file);
+    std::fs::create_dir_all(daemon.path("extensions")).unwrap();
+    rename_save(
+        &daemon.path("extensions/escaping.yaml"),
+        &stdio_manifest("sh", &["-c", &command], ""),
+    );
+    daemon.wait_running("escaping").await;
+    let escaped = escaped_process(&pid_file).await;
+
+    daemon.signal(Signal::SIGTERM);
+    let exit = daemon.wait_exit().await;
+    assert!(exit.success(), "{exit}\n{}", daemon.stderr_text());
+    wait_group_gone(escaped).await;
+}
