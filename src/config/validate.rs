@@ -219,8 +219,8 @@ fn validate_providers(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Longest extension name. The name prefixes each of its tools, and providers such as
-/// OpenAI accept function names of up to 64 characters; it is also the manifest's file name.
+/// Longest extension name. The name prefixes each of its tools in requests to the provider,
+/// and it is the manifest's file name.
 pub const MAX_EXTENSION_NAME_CHARS: usize = 64;
 
 /// Checks one extension definition; `at` is the key path used in messages.

@@ -181,6 +181,7 @@ impl Slot {
 
     /// Marks the extension as running with `tools`, called through `peer`.
     pub fn set_running(&self, peer: Peer<RoleClient>, tools: Vec<ToolDefinition>) {
+        let tools = checked_tools(&self.name, tools);
         let mut runtime = self.lock();
         runtime.state = State::Running;
         runtime.peer = Some(peer);
@@ -199,6 +200,7 @@ impl Slot {
 
     /// Replaces the tool list after the server reported a change.
     pub fn set_tools(&self, tools: Vec<ToolDefinition>) {
+        let tools = checked_tools(&self.name, tools);
         self.lock().tools = tools;
     }
 
@@ -241,6 +243,7 @@ impl Slot {
                 input_schema: tool.input_schema.clone(),
             })
             .collect();
+        let tools = checked_tools(&self.name, tools);
         let mut runtime = self.lock();
         runtime.retire_plugin();
         runtime.state = State::Running;
@@ -345,5 +348,95 @@ impl Runtime {
             sha256: version.sha256.clone(),
             loaded_versions: retired + 1,
         })
+    }
+}
+
+/// Most tools one extension offers to the agent. Every tool goes to the provider with each
+/// request, and OpenAI, for one, accepts at most 128 in all.
+pub const MAX_TOOLS_PER_EXTENSION: usize = 256;
+/// Longest tool name offered to the agent.
+const MAX_TOOL_NAME_CHARS: usize = 128;
+
+/// Returns the tools of `extension` that can be offered to a model: names of letters,
+/// digits, `_`, `-` and `.` up to [`MAX_TOOL_NAME_CHARS`], each name once, and at most
+/// [`MAX_TOOLS_PER_EXTENSION`] of them. Logs what it leaves out.
+fn checked_tools(extension: &str, tools: Vec<ToolDefinition>) -> Vec<ToolDefinition> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(tools.len().min(MAX_TOOLS_PER_EXTENSION));
+    let mut over_limit = 0_usize;
+    for tool in tools {
+        let name = tool.tool.as_str();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_TOOL_NAME_CHARS
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            tracing::warn!(
+                extension,
+                tool = %name.escape_debug(),
+                "tool left out: its name must be 1 to 128 letters, digits, `_`, `-` or `.`"
+            );
+        } else if !seen.insert(tool.tool.clone()) {
+            tracing::warn!(
+                extension,
+                tool = name,
+                "tool left out: its name is listed twice"
+            );
+        } else if kept.len() == MAX_TOOLS_PER_EXTENSION {
+            over_limit += 1;
+        } else {
+            kept.push(tool);
+        }
+    }
+    if over_limit > 0 {
+        tracing::warn!(
+            extension,
+            left_out = over_limit,
+            "tools left out: an extension offers at most {MAX_TOOLS_PER_EXTENSION}"
+        );
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str) -> ToolDefinition {
+        ToolDefinition {
+            extension: "ext".to_owned(),
+            tool: name.to_owned(),
+            description: String::new(),
+            input_schema: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    fn names(tools: &[ToolDefinition]) -> Vec<&str> {
+        tools.iter().map(|tool| tool.tool.as_str()).collect()
+    }
+
+    #[test]
+    fn odd_and_repeated_tool_names_are_left_out() {
+        let long = "x".repeat(MAX_TOOL_NAME_CHARS + 1);
+        let listed = [
+            "echo",
+            "../x y",
+            "",
+            "echo",
+            "get.v2-item_3",
+            long.as_str(),
+            "a\nb",
+        ];
+        let kept = checked_tools("ext", listed.iter().map(|name| tool(name)).collect());
+        assert_eq!(names(&kept), ["echo", "get.v2-item_3"]);
+    }
+
+    #[test]
+    fn tools_past_the_limit_are_left_out() {
+        let listed = (0..MAX_TOOLS_PER_EXTENSION + 10).map(|i| tool(&format!("t{i}")));
+        let kept = checked_tools("ext", listed.collect());
+        assert_eq!(kept.len(), MAX_TOOLS_PER_EXTENSION);
+        assert_eq!(kept[0].tool, "t0");
     }
 }
