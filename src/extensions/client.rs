@@ -220,10 +220,15 @@ async fn connect_stdio(
             connection.overflow = Some(slot.overflow.clone());
             return Ok(connection);
         }
-        StdioHandshake::Done(Err(error)) => match server.exited_within(EXIT_AFTER_CLOSE).await {
-            Some(_) => None,
-            None => Some(error),
-        },
+        StdioHandshake::Done(Err(error)) => {
+            // A timed-out handshake drops the transport, which closes the server's stdin, so
+            // an exit after that is the result of the timeout and the timeout is reported.
+            let timed_out = Instant::now() >= deadline;
+            match server.exited_within(EXIT_AFTER_CLOSE).await {
+                Some(_) if !timed_out => None,
+                _ => Some(error),
+            }
+        }
         StdioHandshake::Exited => None,
         StdioHandshake::Stopped => Some(ConnectError(
             "the extension was stopped during the initialize handshake".to_owned(),

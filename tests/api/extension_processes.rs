@@ -60,6 +60,26 @@ async fn server_never_answering_initialize_times_out() {
 }
 
 #[tokio::test]
+async fn server_exiting_on_closed_stdin_reports_timeout() {
+    // Prints no JSON and exits only when its stdin closes, which the timeout causes.
+    let config = daemon_config(
+        "chatty",
+        "sh",
+        &["-c", "echo 'not JSON'; cat > /dev/null"],
+        "    timeout: 1\n",
+    );
+    let daemon = Daemon::launch(launch(&config)).await;
+    let status = daemon
+        .wait_extension("chatty", |s| s["state"] == "failed")
+        .await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("did not respond to the initialize request within 1 s"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn banner_on_stdout_and_stderr_flood_are_tolerated() {
     let server = rust_server();
     let mut config = daemon_config("banner", &server, &["--banner"], "");
