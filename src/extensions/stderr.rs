@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -10,6 +11,54 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const MAX_LINE_BYTES: usize = 2048;
 /// Lines kept for the status route, enough to show a stack trace's head.
 pub const TAIL_LINES: usize = 40;
+/// Stderr lines logged per extension server and second; the rest are counted, and the
+/// count is logged when the next second starts, so a flood cannot fill the log.
+const MAX_LOGGED_LINES_PER_SECOND: u32 = 100;
+
+/// How many lines of the current second were logged and how many were not.
+struct LogBudget {
+    second_started: Instant,
+    logged: u32,
+    skipped: u64,
+}
+
+impl LogBudget {
+    fn new() -> Self {
+        Self {
+            second_started: Instant::now(),
+            logged: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Returns whether the next line may be logged, and logs the count of lines that were
+    /// not when a new second starts.
+    fn allow(&mut self, extension: &str) -> bool {
+        if self.second_started.elapsed() >= Duration::from_secs(1) {
+            self.report(extension);
+            self.second_started = Instant::now();
+            self.logged = 0;
+        }
+        if self.logged < MAX_LOGGED_LINES_PER_SECOND {
+            self.logged += 1;
+            true
+        } else {
+            self.skipped += 1;
+            false
+        }
+    }
+
+    fn report(&mut self, extension: &str) {
+        if self.skipped > 0 {
+            tracing::debug!(
+                extension,
+                skipped = self.skipped,
+                "MCP server stderr lines not logged, over {MAX_LOGGED_LINES_PER_SECOND} per second"
+            );
+            self.skipped = 0;
+        }
+    }
+}
 
 /// The last lines a server wrote to stderr, shared between its drain task and the status.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +101,7 @@ pub async fn drain(extension: String, mut stream: impl AsyncRead + Unpin, tail: 
     let mut chunk = vec![0_u8; 8192];
     let mut line = Vec::with_capacity(256);
     let mut truncated = false;
+    let mut budget = LogBudget::new();
     loop {
         let read = match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -59,7 +109,7 @@ pub async fn drain(extension: String, mut stream: impl AsyncRead + Unpin, tail: 
         };
         for &byte in &chunk[..read] {
             if byte == b'\n' {
-                emit(&extension, &tail, &line, truncated);
+                emit(&extension, &tail, &line, truncated, &mut budget);
                 line.clear();
                 truncated = false;
             } else if line.len() < MAX_LINE_BYTES {
@@ -70,24 +120,40 @@ pub async fn drain(extension: String, mut stream: impl AsyncRead + Unpin, tail: 
         }
     }
     if !line.is_empty() {
-        emit(&extension, &tail, &line, truncated);
+        emit(&extension, &tail, &line, truncated, &mut budget);
     }
+    budget.report(&extension);
 }
 
-fn emit(extension: &str, tail: &StderrTail, line: &[u8], truncated: bool) {
+fn emit(extension: &str, tail: &StderrTail, line: &[u8], truncated: bool, budget: &mut LogBudget) {
     let mut text = String::from_utf8_lossy(line)
         .trim_end_matches('\r')
         .to_owned();
     if truncated {
         text.push_str(" [line truncated]");
     }
-    tracing::debug!(extension, line = %text, "MCP server stderr");
+    if budget.allow(extension) {
+        tracing::debug!(extension, line = %text, "MCP server stderr");
+    }
     tail.push(text);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_budget_counts_lines_past_the_limit() {
+        let mut budget = LogBudget::new();
+        let allowed = (0..MAX_LOGGED_LINES_PER_SECOND + 50)
+            .filter(|_| budget.allow("test"))
+            .count();
+        assert_eq!(allowed, MAX_LOGGED_LINES_PER_SECOND as usize);
+        assert_eq!(budget.skipped, 50);
+        budget.second_started -= Duration::from_secs(1);
+        assert!(budget.allow("test"), "a new second starts a new budget");
+        assert_eq!(budget.skipped, 0);
+    }
 
     #[tokio::test]
     async fn long_lines_are_capped_and_tail_is_bounded() {
