@@ -458,10 +458,7 @@ pub async fn session_reply(
     headers: HeaderMap,
     ApiJson(request): ApiJson<SessionReplyRequest>,
 ) -> Result<Response, ApiError> {
-    let streaming = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.contains("text/event-stream"));
+    let streaming = prefers_event_stream(&headers);
     let last_event_id = last_event_id(&headers)?;
     let heartbeat = Duration::from_secs(snapshot.config.sessions.sse_heartbeat_secs);
     if let (true, Some(after)) = (streaming, last_event_id)
@@ -486,6 +483,32 @@ pub async fn session_reply(
     } else {
         Ok(answer(ticket).await?.into_response())
     }
+}
+
+/// Returns whether `Accept` asks for `text/event-stream` with a quality above 0 and at
+/// least that of JSON (`application/json`, `application/*` or `*/*`).
+fn prefers_event_stream(headers: &HeaderMap) -> bool {
+    let mut event_stream: f32 = 0.0;
+    let mut json: f32 = 0.0;
+    let ranges = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    for range in ranges {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|param| param.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "text/event-stream" => event_stream = event_stream.max(quality),
+            "application/json" | "application/*" | "*/*" => json = json.max(quality),
+            _ => {}
+        }
+    }
+    event_stream > 0.0 && event_stream >= json
 }
 
 /// Parses the `Last-Event-ID` header, which is absent or the id of an event.
@@ -537,4 +560,33 @@ fn event_stream(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().expect("header value"));
+        headers
+    }
+
+    #[test]
+    fn event_stream_follows_accept_qualities() {
+        let cases = [
+            ("text/event-stream", true),
+            ("text/event-stream, application/json", true),
+            ("application/json, text/event-stream;q=0.5", false),
+            ("text/event-stream;q=0, application/json", false),
+            ("text/event-stream; q=0", false),
+            ("TEXT/EVENT-STREAM", true),
+            ("*/*", false),
+            ("application/json", false),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(prefers_event_stream(&accept(value)), expected, "{value}");
+        }
+        assert!(!prefers_event_stream(&HeaderMap::new()));
+    }
 }
