@@ -17,7 +17,7 @@ pub struct LogLevelHandle {
 
 /// Builds the filter for `log.level`, with the genai crate's own events off unless the level
 /// names `genai`. genai logs provider error bodies as they are, and a provider may repeat
-/// the request's key or headers there; the daemon logs those failures itself, redacted.
+/// the request's key or headers there. The daemon logs those failures itself, redacted.
 fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let filter = EnvFilter::try_new(level)?;
     if level.contains("genai") {

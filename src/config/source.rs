@@ -127,14 +127,14 @@ pub fn parse(text: &str, format: Format) -> Result<Value, String> {
     }
 }
 
-/// Deepest nesting of YAML flow collections (`[...]`, `{...}`) accepted. The YAML parser
+/// Maximum nesting depth of YAML flow collections (`[...]`, `{...}`). The YAML parser
 /// takes time quadratic in this depth before its own limit rejects a document, about 2.6 s
 /// at 40,000 levels with serde_yaml 0.9 on a 2-core machine, and blocks reloads meanwhile.
 const MAX_FLOW_DEPTH: usize = 64;
 
 /// Rejects YAML whose flow collections nest deeper than [`MAX_FLOW_DEPTH`]. Brackets inside
-/// quoted scalars and comments do not count; the scan is otherwise approximate, erring
-/// toward counting a bracket.
+/// quoted scalars and comments do not count. The scan is approximate: brackets inside
+/// unquoted scalars count, and an apostrophe in one hides the brackets up to the next.
 fn check_flow_depth(text: &str) -> Result<(), String> {
     let mut depth = 0_usize;
     let mut quote: Option<char> = None;

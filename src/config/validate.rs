@@ -219,7 +219,7 @@ fn validate_providers(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Longest extension name. The name prefixes each of its tools in requests to the provider,
+/// Maximum length of an extension name, whose characters are ASCII. The name prefixes each of its tools in requests to the provider,
 /// and it is the manifest's file name.
 pub const MAX_EXTENSION_NAME_CHARS: usize = 64;
 

@@ -351,10 +351,10 @@ impl Runtime {
     }
 }
 
-/// Most tools one extension offers to the agent. Every tool goes to the provider with each
+/// Maximum number of tools one extension offers to the agent. Every tool goes to the provider with each
 /// request, and OpenAI, for one, accepts at most 128 in all.
 pub const MAX_TOOLS_PER_EXTENSION: usize = 256;
-/// Longest tool name offered to the agent.
+/// Maximum length of a tool name offered to the agent, whose characters are ASCII.
 const MAX_TOOL_NAME_CHARS: usize = 128;
 
 /// Returns the tools of `extension` that can be offered to a model: names of letters,

@@ -485,7 +485,7 @@ pub async fn session_reply(
     }
 }
 
-/// Returns whether `Accept` asks for `text/event-stream` with a quality above 0 and at
+/// Returns whether `Accept` requests `text/event-stream` with a quality above 0 and at
 /// least that of JSON (`application/json`, `application/*` or `*/*`).
 fn prefers_event_stream(headers: &HeaderMap) -> bool {
     let mut event_stream: f32 = 0.0;

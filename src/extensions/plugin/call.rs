@@ -33,7 +33,7 @@ struct ReplyError {
 }
 
 /// Calls that outlived their timeout and still run, per plugin extension, above which new
-/// calls are rejected. Each holds a thread that cannot be stopped.
+/// calls are rejected. Each keeps a thread that cannot be stopped.
 pub const MAX_HUNG_CALLS: u64 = 32;
 
 /// Calls `tool` of `version`, waiting at most `limit`. `hung` counts the calls that
