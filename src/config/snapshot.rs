@@ -333,18 +333,6 @@ fn keep_restart_only_settings(config: &mut Config, running: &Config) -> Vec<Pend
         )
     };
     check("tls", tls_paths(config), tls_paths(running));
-    // The server picks its connection loop at start, with a header read timeout or, for 0,
-    // without one. So a new non-zero value applies live, but a change to or from 0 does not.
-    let configured_timeout = config.limits.header_read_timeout_secs;
-    let running_timeout = running.limits.header_read_timeout_secs;
-    if (configured_timeout == 0) != (running_timeout == 0) {
-        check(
-            "limits.header_read_timeout_secs",
-            configured_timeout.to_string(),
-            running_timeout.to_string(),
-        );
-        config.limits.header_read_timeout_secs = running_timeout;
-    }
     // A password-only change of the store URL is invisible after redaction but still
     // needs a restart, so compare the full URL too.
     if config.store.url != running.store.url && !pending.iter().any(|p| p.key == "store.url") {

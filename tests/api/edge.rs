@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{ADMIN_KEY, Daemon, config_with_key};
+use crate::helpers::{ADMIN_KEY, Daemon, config_with_key, rename_save};
 
 const USER_KEY: &str = "user-key-0123456789abcdef";
 
@@ -353,8 +353,13 @@ async fn cors_is_off_unless_origins_are_configured() {
 
 #[tokio::test]
 async fn partial_headers_close_connection() {
-    let config = config_with_key("limits:\n  header_read_timeout_secs: 1\n");
-    let daemon = Daemon::start(&config).await;
+    // Started without the limit, which a reload then sets for new connections.
+    let daemon = Daemon::start(&config_with_key("limits:\n  header_read_timeout_secs: 0\n")).await;
+    rename_save(
+        &daemon.path("config.yaml"),
+        &config_with_key("model: timed\nlimits:\n  header_read_timeout_secs: 1\n"),
+    );
+    daemon.wait_for_model("timed").await;
     let addr = daemon.addr;
     let outcome = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).expect("connect");

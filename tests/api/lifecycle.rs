@@ -174,8 +174,8 @@ async fn sigterm_drains_in_flight_request() {
     drain_in_flight_request(&config_with_key("")).await;
 }
 
-/// Without a header read timeout the daemon serves through `axum::serve` in place of its
-/// own connection loop, which must drain the same way.
+/// Without a header read timeout the connection loop arms no hyper timer, and must drain
+/// the same way.
 #[tokio::test]
 async fn sigterm_drains_without_header_read_timeout() {
     drain_in_flight_request(&config_with_key("limits:\n  header_read_timeout_secs: 0\n")).await;
