@@ -164,8 +164,7 @@ fn tls_certs(
 /// Serves `app` on `listener` until `shutdown`, then waits for the open connections to
 /// finish their requests. It does what `axum::serve` does, and also gives each connection
 /// `limits.header_read_timeout_secs` to send a request's headers, which needs a hyper timer
-/// that `axum::serve` does not set. With 0 no timer is armed, which saved about 4 % of the
-/// throughput of `GET /provider/config` in the edge benchmark (BENCHMARKS.md).
+/// that `axum::serve` does not set. With 0 no timer is armed.
 fn spawn_server<L>(
     mut listener: L,
     app: axum::Router,
