@@ -6,7 +6,7 @@
 #
 # It installs schemathesis from PyPI into .schemathesis/venv (skipped when that version is
 # already there), starts aimock from tests/peers as the provider with one fixture that
-# answers every request, and starts goose-api on a free port of 127.0.0.1 in a temporary
+# responds to every request, and starts goose-api on a free port of 127.0.0.1 in a temporary
 # directory with an admin key, a SQLite store and the calc plugin. schemathesis then reads
 # GET /openapi.json with that key and sends generated requests, valid and invalid, to every
 # operation. Without --daemon it builds target/debug/goose-api and the calc plugin beside

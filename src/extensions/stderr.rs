@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const MAX_LINE_BYTES: usize = 2048;
 /// Lines kept for the status route, enough to show a stack trace's head.
 pub const TAIL_LINES: usize = 40;
-/// Stderr lines logged per extension server and second; the rest are counted, and the
-/// count is logged when the next second starts, so a flood cannot fill the log.
+/// Maximum stderr lines logged per extension server and second. The rest are counted, and
+/// the count is logged when the next second starts, so a flood cannot fill the log.
 const MAX_LOGGED_LINES_PER_SECOND: u32 = 100;
 
 /// How many lines of the current second were logged and how many were not.

@@ -1,8 +1,8 @@
 //! The streamable HTTP transport with an HTTP client whose requests can be ended from
 //! outside. rmcp 3.11 sends the initialize request from its transport worker task and
-//! ignores the transport's cancellation until the response arrives, so a server that
-//! accepts the connection and never responds would keep that task and its socket open after
-//! the handshake timed out or the extension was stopped.
+//! ignores the transport's cancellation until the response arrives. So a server that
+//! accepts the connection and never responds would keep that task and its socket open
+//! after the handshake timed out or the extension was stopped.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -140,8 +140,8 @@ fn json_rejection(rejection: JsonRejection, limit: u64) -> ApiError {
     }
 }
 
-/// What the middleware attaches to a request, in one extension: the extension map of a
-/// request holds axum's entries too, and a fourth entry would make it grow.
+/// Values the middleware attaches to a request, as one extension. The extension map of a
+/// request contains axum's entries too, and a fourth entry would make it grow.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The config snapshot the request loaded when it started.

@@ -147,7 +147,7 @@ where
     }
 }
 
-/// What [`ObserveFuture`] needs once the response is there.
+/// State that [`ObserveFuture`] needs once the response is ready.
 struct Finish {
     route_metrics: Arc<RouteMetrics>,
     request_id: HeaderValue,
@@ -221,7 +221,7 @@ impl RouteMetrics {
             let histogram = metrics.http_duration.with_label_values(&[route]);
             (route.to_owned(), histogram)
         });
-        // A route's instance sees one matched path; the check only guards that assumption.
+        // Each route's instance serves one matched path, and the check only guards that.
         if label == route {
             histogram.observe(elapsed.as_secs_f64());
         } else {
@@ -243,7 +243,7 @@ impl RouteMetrics {
     }
 }
 
-/// What a group of routes asks of the caller and of the request.
+/// Requirements that a group of routes places on the caller and on the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Access {
     /// Role the key must have; a user key passes a user route, an admin key passes both.

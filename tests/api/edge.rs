@@ -389,7 +389,7 @@ async fn partial_headers_close_connection() {
     );
 }
 
-/// Starts a provider on 127.0.0.1 that answers every request with 400 and a body that
+/// Starts a provider on 127.0.0.1 that responds to every request with 400 and a body that
 /// repeats the request's headers, as some providers do with a bad request.
 async fn echoing_provider() -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -436,10 +436,10 @@ async fn provider_secrets_stay_out_of_logs() {
         )
         .await;
     assert!(status.is_server_error(), "{status} {body}");
-    let shown = body.to_string();
-    assert!(shown.contains("bad request"), "{shown}");
-    assert!(!shown.contains("sk-provider-secret"), "{shown}");
-    assert!(!shown.contains("header-secret"), "{shown}");
+    let body_text = body.to_string();
+    assert!(body_text.contains("bad request"), "{body_text}");
+    assert!(!body_text.contains("sk-provider-secret"), "{body_text}");
+    assert!(!body_text.contains("header-secret"), "{body_text}");
     let logs = daemon.stderr_text();
     assert!(
         logs.contains("bad request"),

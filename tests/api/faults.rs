@@ -53,7 +53,7 @@ const FIXTURES: &str = r#"{"fixtures": [
    "response": {"content": "A plain answer that streams in several chunks to the client."}}
 ]}"#;
 
-/// The only answer a fixture completes, besides tool requests.
+/// The only text response of the fixtures, besides tool requests.
 const PLAIN_ANSWER: &str = "A plain answer that streams in several chunks to the client.";
 /// Texts of the responses that aimock never sends whole.
 const NEVER_STORED: [&str; 4] = ["CUT-TEXT", "CUT-TIMED", "CUT-CALL", "stalls between"];

@@ -241,7 +241,7 @@ fn private_dir() -> Result<PathBuf, String> {
 /// directory again: the mapping keeps the code, and no copy is left behind if the daemon is
 /// killed.
 fn open_private_copy(sha256: &str, bytes: &[u8]) -> Result<super::library::Opened, String> {
-    // Held from creating the directory to removing it, so no other load sees it vanish.
+    // Held from creating the directory to removing it, so no other load finds it removed.
     let _guard = COPY_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

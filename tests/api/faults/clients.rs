@@ -29,12 +29,12 @@ const EVENT_KINDS: [&str; 7] = [
 /// Responses the turn clients received, summarized for the later checks.
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// Well-formed answers and errors other than 500.
+    /// Well-formed responses and errors other than 500.
     pub answered: usize,
     /// Descriptions of dropped connections, bodies of the wrong shape, broken streams and
     /// 500s.
     pub malformed: Vec<String>,
-    /// Session id and answer of every turn that succeeded.
+    /// Session id and reply text of every turn that succeeded.
     pub answers: Vec<(String, String)>,
     /// Provider errors the clients saw: messages of 502 responses, and of `retry` and
     /// `error` events.
@@ -60,7 +60,7 @@ pub fn well_formed_error(body: &Value) -> bool {
     body["status"] == "error" && body["message"].is_string() && body["code"].is_string()
 }
 
-/// Returns whether a turn's JSON response is a well-formed answer or JSON error.
+/// Returns whether a turn's JSON response is a well-formed reply or JSON error.
 pub fn well_formed_turn(status: StatusCode, body: &Value) -> bool {
     if status == StatusCode::OK {
         body["message"].is_string() && body["status"].is_string() && body["session_id"].is_string()

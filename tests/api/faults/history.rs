@@ -81,7 +81,7 @@ pub fn assert_prefixes(ids: &[String], earlier: &[Vec<Value>], later: &[Vec<Valu
     }
 }
 
-/// Asserts that the answer of every turn that succeeded is an assistant message of its
+/// Asserts that the reply text of every turn that succeeded is an assistant message of its
 /// session in `histories`, whose order follows `ids`.
 pub fn assert_answers_stored(
     ids: &[String],
