@@ -40,6 +40,33 @@ where
     Ok(sender)
 }
 
+/// Sends `request` once the connection is free and reads the whole response body, so that
+/// the connection is free again for the next request.
+pub async fn exchange<B>(
+    sender: &mut SendRequest<B>,
+    request: Request<B>,
+) -> anyhow::Result<(StatusCode, Bytes)>
+where
+    B: hyper::body::Body + Send + 'static,
+{
+    sender
+        .ready()
+        .await
+        .context("the server closed the connection")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("the request failed")?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("while reading the response body")?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// One connection to the daemon.
 #[derive(Debug)]
 pub struct ApiClient {
@@ -110,22 +137,6 @@ impl ApiClient {
         let request = builder
             .body(body)
             .with_context(|| format!("cannot build the request for {path}"))?;
-        self.sender
-            .ready()
-            .await
-            .context("the server closed the connection")?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .context("the request failed")?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .context("while reading the response body")?
-            .to_bytes();
-        Ok((status, body))
+        exchange(&mut self.sender, request).await
     }
 }

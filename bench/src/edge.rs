@@ -91,7 +91,7 @@ impl Round {
     }
 }
 
-/// What one server did in one round.
+/// Results of one server in one round.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerRound {
     /// Requests that returned 200, per second.

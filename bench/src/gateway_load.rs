@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use tokio::task::JoinHandle;
 
-use crate::client::open_http1;
+use crate::client::{exchange, open_http1};
 use crate::load::{MAX_FAILURE_SAMPLES, REQUEST_TIMEOUT};
 use crate::stats::Latencies;
 
@@ -83,22 +83,7 @@ impl Caller {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(route.body.clone()))
             .context("while building the request")?;
-        self.sender
-            .ready()
-            .await
-            .context("the server closed the connection")?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .context("the request failed")?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .context("while reading the response body")?
-            .to_bytes();
+        let (status, body) = exchange(&mut self.sender, request).await?;
         let text = String::from_utf8_lossy(&body);
         if status != StatusCode::OK || !text.contains(&route.expected) {
             anyhow::bail!("status {status}, body {text}");

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HOST, HeaderValue};
 use hyper::{Request, StatusCode};
 use tokio::task::JoinHandle;
 
-use crate::client::open_http1;
+use crate::client::{exchange, open_http1};
 use crate::stats::Latencies;
 
 /// Path that both the daemon and the bare server serve.
@@ -74,23 +74,7 @@ impl Connection {
             .header(API_KEY_HEADER, target.api_key.clone())
             .body(Empty::new())
             .context("while building the request")?;
-        self.sender
-            .ready()
-            .await
-            .context("the server closed the connection")?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .context("the request failed")?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .context("while reading the response body")?
-            .to_bytes();
-        Ok((status, body))
+        exchange(&mut self.sender, request).await
     }
 }
 
